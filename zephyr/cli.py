@@ -1,0 +1,118 @@
+"""The `zephyr` command: one subcommand per stage, plus tools.
+
+    zephyr sft RECIPE.yaml [--key value | key=value ...]
+    zephyr dpo RECIPE.yaml [overrides]
+    zephyr tiny-model [--output-dir DIR] [--tokenizer bpe|mistral]
+    zephyr merge ADAPTER_DIR OUTPUT_DIR [--base MODEL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from zephyr.data.loading import DataError
+from zephyr.data.schemas import RowError
+from zephyr.recipe import RecipeError
+
+USER_ERRORS = (RecipeError, DataError, RowError, FileNotFoundError)
+
+
+def run_stage(stage_main: Callable[[list[str]], object], argv: list[str]) -> int:
+    """Run a stage; a user error is one clear line on stderr and exit code 2, not a traceback."""
+    try:
+        stage_main(argv)
+    except USER_ERRORS as err:
+        print(f"zephyr: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _sft(argv: list[str]) -> int:
+    from zephyr.stages.sft import main
+
+    return run_stage(main, argv)
+
+
+def _dpo(argv: list[str]) -> int:
+    from zephyr.stages.dpo import main
+
+    return run_stage(main, argv)
+
+
+def _tiny_model(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="zephyr tiny-model", description="Build the embedded default model + data.")
+    parser.add_argument("--output-dir", default="outputs/tiny", help="where model/ and data/ are written")
+    parser.add_argument("--tokenizer", choices=["bpe", "mistral"], default="bpe",
+                        help="bpe: trained on the shipped data (fast); mistral: Mistral-7B's real 32k tokenizer")
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from zephyr.embedded.build import build_tiny_model
+
+    out = build_tiny_model(args.output_dir, args.tokenizer, args.hidden_size, args.num_layers, args.seed)
+    print(f"embedded default written to {out}/model and {out}/data")
+    return 0
+
+
+def _merge(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="zephyr merge", description="Merge a LoRA adapter into its base model.")
+    parser.add_argument("adapter_dir")
+    parser.add_argument("output_dir")
+    parser.add_argument("--base", help="base model (default: the one recorded in adapter_config.json)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args(argv)
+    from zephyr.stages.merge import merge_adapter
+
+    try:
+        merge_adapter(args.adapter_dir, args.output_dir, args.base, args.dtype, args.trust_remote_code)
+    except FileNotFoundError as err:
+        print(f"zephyr: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "sft": (_sft, "dSFT: supervised fine-tuning on chat data (RECIPE [overrides])"),
+    "dpo": (_dpo, "dDPO: preference optimization against the frozen dSFT model (RECIPE [overrides])"),
+    "tiny-model": (_tiny_model, "build the embedded default: tiny model, tokenizer and datasets"),
+    "merge": (_merge, "merge a LoRA adapter into its base model"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: zephyr COMMAND [args]", "", "commands:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Overrides: --key value, --key=value or key=value; they win over the recipe."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        from zephyr import __version__
+
+        print(__version__)
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        print(f"zephyr: unknown command '{argv[0]}'{hint}\n\n{usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    return command[0](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

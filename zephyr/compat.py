@@ -1,0 +1,91 @@
+"""Load recipes written for the alignment-handbook and for older TRL/transformers releases.
+
+Keys that still mean something are renamed; keys whose feature no longer exists are dropped with a warning
+that says what happens instead. Facts from transformers 5 / TRL 1.16 release notes (see REFERENCE.md 4).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# old key -> new key, same meaning
+RENAMED = {
+    "torch_dtype": "dtype",
+    "max_seq_length": "max_length",
+    "evaluation_strategy": "eval_strategy",
+    "preprocessing_num_workers": "dataset_num_proc",
+    "warmup_ratio": "warmup_steps",  # transformers 5 reads warmup_steps < 1 as a ratio
+}
+
+# key -> why it is ignored now
+IGNORED = {
+    "overwrite_output_dir": "removed in transformers 5; zephyr resumes from output_dir's last checkpoint instead "
+    "(set resume: false to start over)",
+    "max_prompt_length": "TRL 1.16 has no prompt-only truncation; max_length now bounds prompt + completion "
+    "(truncation_mode keep_start), and rows whose prompt alone fills max_length are dropped and counted",
+    "max_completion_length": "TRL 1.16 has no completion-only truncation; max_length bounds prompt + completion",
+    "reference_free": "removed in TRL 1.16; DPO always uses a reference model",
+    "generate_during_eval": "removed in TRL 1.16",
+    "force_use_ref_model": "removed in TRL 1.16; with LoRA the reference is the base with the adapter disabled",
+    "ref_model_init_kwargs": "removed in TRL 1.16; the reference loads like the policy (see ref_model_name_or_path)",
+    "padding_value": "removed in TRL 1.16; the tokenizer's pad token is used",
+    "truncation_side": "not supported; sequences are truncated on the right",
+    "auto_insert_empty_system_msg": "not supported; conversations are used as written",
+    "text_column": "not used; zephyr detects the dataset schema",
+    "model_code_revision": "not used",
+    "base_model_revision": "not used",
+    "hub_model_revision": "not used; set hub_revision instead",
+    "do_eval": "evaluation runs whenever eval_strategy is not 'no' and an eval split exists",
+}
+
+
+def translate_legacy_keys(values: dict[str, Any], stage: str, source: str) -> dict[str, Any]:
+    """Return a copy of `values` with legacy keys mapped; warn about every change."""
+    out = dict(values)
+    for old, new in RENAMED.items():
+        if old in out:
+            value = out.pop(old)
+            if new in out:
+                logger.warning("%s: '%s' ignored because '%s' is also set", source, old, new)
+                continue
+            logger.warning("%s: '%s' is now '%s'; using %s: %r", source, old, new, new, value)
+            out[new] = value
+    for key, why in IGNORED.items():
+        if key in out:
+            logger.warning("%s: ignoring '%s: %r': %s", source, key, out.pop(key), why)
+    if out.pop("use_flash_attention_2", False):
+        logger.warning("%s: 'use_flash_attention_2' is now 'attn_implementation: flash_attention_2'", source)
+        out.setdefault("attn_implementation", "flash_attention_2")
+    if "rpo_alpha" in out:
+        alpha = out.pop("rpo_alpha")
+        if alpha is not None:
+            logger.warning("%s: 'rpo_alpha: %s' is now loss_type [sigmoid, sft] with loss_weights [1.0, %s]",
+                           source, alpha, alpha)
+            out["loss_type"] = ["sigmoid", "sft"]
+            out["loss_weights"] = [1.0, float(alpha)]
+    if "dataset_mixer" in out:
+        out["dataset_mixture"] = _mixer_to_mixture(out, source)
+    return out
+
+
+def _mixer_to_mixture(out: dict[str, Any], source: str) -> dict[str, Any]:
+    """The handbook's older form: dataset_mixer {id: fraction} x dataset_splits [train..., test...].
+    Its fraction applied to train splits only; test splits were taken whole."""
+    mixer = out.pop("dataset_mixer") or {}
+    splits = out.pop("dataset_splits", None) or ["train", "test"]
+    configs = out.pop("dataset_configs", None)
+    if isinstance(configs, str):
+        configs = [configs]
+    datasets = []
+    for i, (name, fraction) in enumerate(mixer.items()):
+        config = configs[i] if configs and i < len(configs) else None
+        for split in splits:
+            is_train = "train" in split
+            datasets.append({"id": name, "config": config, "split": split, "role": "train" if is_train else "test",
+                             "weight": float(fraction) if is_train else 1.0})
+    logger.warning("%s: 'dataset_mixer'/'dataset_splits' converted to dataset_mixture with %d sources", source,
+                   len(datasets))
+    return {"datasets": datasets, "seed": out.get("seed", 0)}

@@ -1,0 +1,167 @@
+"""Typed configuration for every stage. A recipe's keys map onto these dataclasses (see `zephyr.recipe`).
+
+`ModelArguments` and `DataArguments` are ours; the trainer configs extend TRL's `SFTConfig` and `DPOConfig`
+so that every TRL/transformers training key works in a recipe unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from trl import DPOConfig, SFTConfig
+
+# TRL's configs set `gradient_checkpointing`, which transformers 5 reports as a deprecated alias on every
+# config it builds: noise to users, who cannot act on it.
+warnings.filterwarnings("ignore", message=r".*gradient_checkpointing` is deprecated.*")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local folder of the model to train (required)."}
+    )
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to load instead of the model's own."}
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16 (`torch_dtype` in older recipes)."},
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager, sdpa or flash_attention_2; None lets transformers choose."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run custom model code shipped with a checkpoint. Off unless you trust it."}
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Jinja chat template to use instead of the tokenizer's. When neither exists, the Zephyr template "
+            "(with {% generation %} markers for assistant-only loss) is used."
+        },
+    )
+    load_in_4bit: bool = field(default=False, metadata={"help": "Quantize to 4-bit with bitsandbytes (QLoRA)."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Quantize to 8-bit with bitsandbytes."})
+    bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "4-bit quantization type: nf4 or fp4."})
+    use_bnb_nested_quant: bool = field(default=False, metadata={"help": "Double quantization of the 4-bit scales."})
+    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names to adapt; None adapts all linear layers but the LM head."}
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained in full and saved with the adapter."}
+    )
+    ref_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "DPO only: the frozen reference model. Default: the model being trained (the dSFT model) as it is "
+            "loaded, or with LoRA the base with the adapter disabled."
+        },
+    )
+
+
+@dataclass
+class DatasetSource:
+    """One entry of `dataset_mixture.datasets`."""
+
+    id: str
+    config: str | None = None
+    split: str = "train"
+    columns: list[str] | None = None
+    weight: float = 1.0
+    role: Literal["train", "test"] = "train"
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A single dataset (hub id, local file or folder). Use this or dataset_mixture."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Config name of `dataset_name`."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of `dataset_name` to train on."})
+    dataset_test_split: str | None = field(
+        default="test", metadata={"help": "Split of `dataset_name` to evaluate on (skipped if it does not exist)."}
+    )
+    dataset_mixture: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "Several sources mixed by weight: {datasets: [{id, config, split, columns, weight, role}], seed, "
+            "test_split_size}. weight is the fraction of the source's rows to take (above 1 repeats rows); role is "
+            "train (default) or test; test_split_size carves an eval set out of the mixed train rows."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep at most this many training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many eval rows."})
+    invalid_rows: Literal["error", "drop"] = field(
+        default="error",
+        metadata={
+            "help": "What to do with a row that fails validation (empty content, roles not alternating, missing "
+            "fields, chosen == rejected): error names the source and row; drop removes it and logs the count."
+        },
+    )
+    long_rows: Literal["error", "drop", "truncate"] = field(
+        default="error",
+        metadata={
+            "help": "Rows longer than max_length tokens: error, drop (counted and logged), or truncate (the "
+            "trainer cuts them; DPO rows whose prompt alone fills max_length are still dropped and counted)."
+        },
+    )
+    decontamination_file: str | None = field(
+        default=None,
+        metadata={"help": "File of benchmark prompts (.txt one per line, or .json/.jsonl with prompt/turns)."},
+    )
+    decontamination_method: Literal["ngram", "exact"] = field(
+        default="ngram", metadata={"help": "exact: normalized text equality; ngram: any shared word n-gram."}
+    )
+    decontamination_ngram: int = field(default=8, metadata={"help": "n for n-gram decontamination."})
+
+
+@dataclass
+class _ZephyrTrainingDefaults:
+    """Defaults shared by our SFT and DPO configs (mixed in before TRL's class so these win)."""
+
+    resume: bool = field(
+        default=True, metadata={"help": "Resume from the last checkpoint in output_dir when there is one."}
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Default: on when a CUDA GPU supports it, off on CPU."},
+    )
+    report_to: Any = field(
+        default="none", metadata={"help": "Dashboards to log to: none, all, wandb, tensorboard, trackio, mlflow."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_strategy: Any = field(default="epoch", metadata={"help": "When to save checkpoints: no, steps, epoch."})
+    dataloader_pin_memory: bool | None = field(
+        default=None, metadata={"help": "Pin batches in host memory. Default: on with a CUDA GPU, off on CPU."}
+    )
+
+    def __post_init__(self) -> None:
+        gpu = torch.cuda.is_available()
+        if self.bf16 is None:
+            # TRL turns bf16 on by default, which transformers refuses on a CPU-only machine.
+            self.bf16 = not self.fp16 and gpu and torch.cuda.is_bf16_supported()
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = gpu
+        super().__post_init__()
+
+
+@dataclass
+class ZephyrSFTConfig(_ZephyrTrainingDefaults, SFTConfig):
+    """TRL's SFTConfig with zephyr defaults: loss on assistant turns only, resume when rerun."""
+
+    assistant_only_loss: bool = field(
+        default=True, metadata={"help": "Compute the loss on assistant turns only (needs {% generation %} markers)."}
+    )
+
+
+@dataclass
+class ZephyrDPOConfig(_ZephyrTrainingDefaults, DPOConfig):
+    """TRL's DPOConfig with zephyr defaults."""

@@ -1,0 +1,222 @@
+"""Recipes: YAML files (plus command-line overrides) mapped onto typed config dataclasses.
+
+Why not `transformers.HfArgumentParser`: it cannot say which file line is broken, does not suggest the key you
+meant, casts CLI strings but not YAML values (`learning_rate: 2e-5` is a *string* to YAML 1.1), and knows
+nothing of alignment-handbook recipes. One casting function here serves YAML and CLI alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import logging
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zephyr.compat import translate_legacy_keys
+
+logger = logging.getLogger(__name__)
+
+
+class RecipeError(ValueError):
+    """A recipe or override that cannot be used; the message names the file/key and what was expected."""
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"Recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise RecipeError(f"{where}: YAML syntax error: {problem}") from None
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(args: list[str]) -> dict[str, str | None]:
+    """`--key value`, `--key=value` and `key=value`; a bare `--flag` means true."""
+    out: dict[str, str | None] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            key = arg[2:]
+            if "=" in key:
+                key, value = key.split("=", 1)
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            else:
+                value = "true"
+        elif "=" in arg:
+            key, value = arg.split("=", 1)
+        else:
+            raise RecipeError(f"Cannot read override {arg!r}: use --key value, --key=value or key=value")
+        out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- casting
+_NONE_STRINGS = {"none", "null", "~", ""}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def cast_value(value: Any, tp: Any, key: str) -> Any:
+    """Cast a YAML value or a CLI string to the annotated type `tp`; raise RecipeError naming `key` if it can't."""
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is typing.Any:
+        return _parse_scalar(value) if isinstance(value, str) else value
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(options) < len(typing.get_args(tp)) and (
+            value is None or (isinstance(value, str) and value.strip().lower() in _NONE_STRINGS)
+        ):
+            return None
+        errors = []
+        for option in _order_union(options, value):
+            try:
+                return cast_value(value, option, key)
+            except RecipeError as err:
+                errors.append(str(err))
+        raise RecipeError(f"key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if value is None:
+        raise RecipeError(f"key '{key}': expected {_type_name(tp)}, got null")
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise RecipeError(f"key '{key}': expected one of {list(choices)}, got {value!r}")
+        return value
+    if origin in (list, tuple) or tp in (list, tuple):
+        (item_tp,) = typing.get_args(tp)[:1] or (Any,)
+        if isinstance(value, str):
+            text = value.strip()
+            value = yaml.safe_load(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [cast_value(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise RecipeError(f"key '{key}': expected a mapping, got {value!r}") from None
+        if not isinstance(value, dict):
+            raise RecipeError(f"key '{key}': expected a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (str, int)) and str(value).strip().lower() in _TRUE | _FALSE:
+            return str(value).strip().lower() in _TRUE
+        raise RecipeError(f"key '{key}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise RecipeError(f"key '{key}': expected an integer, got {value!r}")
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, float) and not number.is_integer():
+                raise ValueError
+            return int(number)
+        except (TypeError, ValueError):
+            raise RecipeError(f"key '{key}': expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise RecipeError(f"key '{key}': expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"key '{key}': expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise RecipeError(f"key '{key}': expected a string, got {value!r}")
+        return str(value)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise RecipeError(f"key '{key}': expected one of {[e.value for e in tp]}, got {value!r}") from None
+    return value
+
+
+def _order_union(options: list, value: Any) -> list:
+    """Try the option matching the value's own type first, strings last (everything casts to str)."""
+    exact = [o for o in options if isinstance(o, type) and type(value) is o]
+    rest = sorted((o for o in options if o not in exact), key=lambda o: o is str)
+    return exact + rest
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def check_known_keys(keys: Any, classes: tuple[type, ...], source: str) -> None:
+    """Unknown keys are an error that names the key and the closest valid one."""
+    known = set().union(*(field_types(cls) for cls in classes))
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(f"{source}: unknown key '{key}'{hint}")
+
+
+def build_configs(values: dict[str, Any], classes: tuple[type, ...], source: str = "recipe") -> tuple[Any, ...]:
+    """Instantiate each dataclass in `classes` from the keys it declares. A key declared by several (e.g. `seed`,
+    `trust_remote_code`) goes to all of them."""
+    check_known_keys(values, classes, source)
+    configs = []
+    for cls in classes:
+        types_ = field_types(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key in types_:
+                try:
+                    kwargs[key] = cast_value(value, types_[key], key)
+                except RecipeError as err:
+                    raise RecipeError(f"{source}: {err}") from None
+        try:
+            configs.append(cls(**kwargs))
+        except (ValueError, TypeError) as err:
+            raise RecipeError(f"{source}: invalid {cls.__name__}: {err}") from None
+    return tuple(configs)
+
+
+def load_recipe(
+    path: str | Path | None, overrides: list[str] | dict[str, Any] | None, classes: tuple[type, ...], stage: str
+) -> tuple[Any, ...]:
+    """Read a YAML recipe, apply overrides (which win), translate legacy keys, and build the config objects."""
+    source = str(path) if path else "command line"
+    values = translate_legacy_keys(read_yaml(path) if path else {}, stage=stage, source=source)
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    extra = translate_legacy_keys(extra, stage=stage, source="command line")
+    check_known_keys(extra, classes, "command line")
+    values.update(extra)
+    return build_configs(values, classes, source=source)

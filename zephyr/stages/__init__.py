@@ -1,0 +1,1 @@
+"""One module per stage, each with the same skeleton: args, logging, seed, data, model, trainer, train, save."""

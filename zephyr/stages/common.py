@@ -1,0 +1,95 @@
+"""What every training stage does the same way: parse the recipe, set up logging, resume, save outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import datasets
+import transformers
+import yaml
+from transformers.trainer_utils import get_last_checkpoint
+
+from zephyr.recipe import load_recipe
+
+logger = logging.getLogger("zephyr")
+
+SECRET_KEY_PARTS = ("token", "api_key", "password", "secret")
+
+
+def parse_stage_args(argv: list[str], classes: tuple[type, ...], stage: str) -> tuple[Any, ...]:
+    """argv = [RECIPE.yaml] [overrides...]; the recipe may be omitted if every key comes as an override."""
+    recipe = argv[0] if argv and not argv[0].startswith("-") and "=" not in argv[0] else None
+    overrides = argv[1:] if recipe else argv
+    return load_recipe(recipe, overrides, classes, stage)
+
+
+def setup_logging(training_args: Any) -> None:
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout, force=True
+    )
+    level = training_args.get_process_log_level()
+    logging.getLogger("zephyr").setLevel(max(level, logging.INFO) if level != logging.WARNING else logging.INFO)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def resume_checkpoint(training_args: Any) -> str | None:
+    """The last checkpoint in output_dir when the recipe allows resuming, else None."""
+    out = training_args.output_dir
+    if not getattr(training_args, "resume", True) or not os.path.isdir(out):
+        return None
+    checkpoint = get_last_checkpoint(out)
+    if checkpoint:
+        logger.info("resuming from %s (set resume: false to start over)", checkpoint)
+    return checkpoint
+
+
+def public_values(*configs: Any) -> dict[str, Any]:
+    """The resolved recipe as plain values, without secrets."""
+    out: dict[str, Any] = {}
+    for cfg in configs:
+        for f in dataclasses.fields(cfg):
+            if any(part in f.name.lower() for part in SECRET_KEY_PARTS):
+                continue
+            value = getattr(cfg, f.name)
+            out[f.name] = value.value if hasattr(value, "value") and not isinstance(value, (list, dict)) else value
+    return json.loads(json.dumps(out, default=str))
+
+
+def save_run_files(output_dir: str, stage: str, configs: tuple[Any, ...], metrics: dict[str, Any],
+                   data_report: Any, base_model: str | None) -> None:
+    """Recipe (secrets removed), data report, metrics and a model card next to the saved model."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    values = public_values(*configs)
+    (out / "zephyr_recipe.yaml").write_text(yaml.safe_dump(values, sort_keys=True))
+    (out / "data_report.json").write_text(json.dumps(dataclasses.asdict(data_report), indent=2))
+    (out / "all_results.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    lines = [
+        f"# {out.name}",
+        "",
+        f"Trained with zephyr's **{stage}** stage from `{base_model}`.",
+        "",
+        f"- train rows: {data_report.train_rows}, eval rows: {data_report.eval_rows}",
+        f"- rows dropped: {data_report.dropped or 'none'}",
+        f"- learning rate: {values.get('learning_rate')}, epochs: {values.get('num_train_epochs')}, "
+        f"max steps: {values.get('max_steps')}",
+        "",
+        "## Metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())),
+        "",
+        "The full recipe is in `zephyr_recipe.yaml`.",
+        "",
+    ]
+    (out / "README.md").write_text("\n".join(lines))
