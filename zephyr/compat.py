@@ -62,10 +62,16 @@ def translate_legacy_keys(values: dict[str, Any], stage: str, source: str) -> di
     if "rpo_alpha" in out:
         alpha = out.pop("rpo_alpha")
         if alpha is not None:
+            try:
+                alpha = float(alpha)
+            except (TypeError, ValueError):
+                from zephyr.recipe import RecipeError  # here: zephyr.recipe imports this module
+
+                raise RecipeError(f"{source}: key 'rpo_alpha': expected a number, got {alpha!r}") from None
             logger.warning("%s: 'rpo_alpha: %s' is now loss_type [sigmoid, sft] with loss_weights [1.0, %s]",
                            source, alpha, alpha)
             out["loss_type"] = ["sigmoid", "sft"]
-            out["loss_weights"] = [1.0, float(alpha)]
+            out["loss_weights"] = [1.0, alpha]
     if "dataset_mixer" in out:
         out["dataset_mixture"] = _mixer_to_mixture(out, source)
     return out

@@ -6,6 +6,7 @@ so that every TRL/transformers training key works in a recipe unchanged.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -134,11 +135,11 @@ class _ZephyrTrainingDefaults:
         default=None,
         metadata={"help": "bf16 mixed precision. Default: on when a CUDA GPU supports it, off on CPU."},
     )
-    report_to: Any = field(
+    report_to: str | list[str] = field(
         default="none", metadata={"help": "Dashboards to log to: none, all, wandb, tensorboard, trackio, mlflow."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    save_strategy: Any = field(default="epoch", metadata={"help": "When to save checkpoints: no, steps, epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save checkpoints: no, steps, epoch."})
     dataloader_pin_memory: bool | None = field(
         default=None, metadata={"help": "Pin batches in host memory. Default: on with a CUDA GPU, off on CPU."}
     )
@@ -150,6 +151,11 @@ class _ZephyrTrainingDefaults:
             self.bf16 = not self.fp16 and gpu and torch.cuda.is_bf16_supported()
         if self.dataloader_pin_memory is None:
             self.dataloader_pin_memory = gpu
+        if not gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Several processes on a CPU-only machine (torchrun, `accelerate launch --multi_gpu`): transformers
+            # only shards the data across them when told it is on CPU, and gloo is the backend that works there.
+            self.use_cpu = True
+            self.ddp_backend = self.ddp_backend or "gloo"
         super().__post_init__()
 
 

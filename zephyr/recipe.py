@@ -88,12 +88,13 @@ def cast_value(value: Any, tp: Any, key: str) -> Any:
             value is None or (isinstance(value, str) and value.strip().lower() in _NONE_STRINGS)
         ):
             return None
-        errors = []
         for option in _order_union(options, value):
             try:
                 return cast_value(value, option, key)
-            except RecipeError as err:
-                errors.append(str(err))
+            except RecipeError:
+                pass
+        if isinstance(value, bool) and any(_is_text_type(o) for o in options):
+            raise _quoted_bool_error(key, value)
         raise RecipeError(f"key '{key}': expected {_type_name(tp)}, got {value!r}")
     if value is None:
         raise RecipeError(f"key '{key}': expected {_type_name(tp)}, got null")
@@ -106,7 +107,10 @@ def cast_value(value: Any, tp: Any, key: str) -> Any:
         (item_tp,) = typing.get_args(tp)[:1] or (Any,)
         if isinstance(value, str):
             text = value.strip()
-            value = yaml.safe_load(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+            try:
+                value = yaml.safe_load(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+            except yaml.YAMLError:
+                raise RecipeError(f"key '{key}': expected a list, got {value!r}") from None
         if not isinstance(value, (list, tuple)):
             value = [value]
         return [cast_value(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -142,6 +146,8 @@ def cast_value(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise RecipeError(f"key '{key}': expected a number, got {value!r}") from None
+    if isinstance(value, bool) and _is_text_type(tp):
+        raise _quoted_bool_error(key, value)
     if tp is str:
         if isinstance(value, (dict, list)):
             raise RecipeError(f"key '{key}': expected a string, got {value!r}")
@@ -154,18 +160,46 @@ def cast_value(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _is_text_type(tp: Any) -> bool:
+    return tp is str or (isinstance(tp, type) and issubclass(tp, enum.Enum))
+
+
+def _quoted_bool_error(key: str, value: bool) -> RecipeError:
+    return RecipeError(
+        f"key '{key}': expected text, got the boolean {value!r} (YAML reads unquoted no/yes/on/off as booleans): "
+        f'quote it, e.g. {key}: "no"'
+    )
+
+
 def _order_union(options: list, value: Any) -> list:
     """Try the option matching the value's own type first, strings last (everything casts to str)."""
     exact = [o for o in options if isinstance(o, type) and type(value) is o]
+    if isinstance(value, str) and value.strip().startswith(("[", "{")):  # `[a, b]` / `{k: v}` as in YAML
+        want = (list, tuple) if value.strip().startswith("[") else (dict,)
+        exact = [o for o in options if o in want or typing.get_origin(o) in want]
     rest = sorted((o for o in options if o not in exact), key=lambda o: o is str)
     return exact + rest
 
 
 def _parse_scalar(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    """A CLI string for an untyped key: numbers, true/false, null and [..]/{..} are parsed; all else is text
+    (unlike YAML, `no` and `on` stay strings)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in _NONE_STRINGS:
+        return None
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    if text.strip().startswith(("[", "{")):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            pass
+    return text
 
 
 def _type_name(tp: Any) -> str:
@@ -188,9 +222,10 @@ def check_known_keys(keys: Any, classes: tuple[type, ...], source: str) -> None:
             raise RecipeError(f"{source}: unknown key '{key}'{hint}")
 
 
-def build_configs(values: dict[str, Any], classes: tuple[type, ...], source: str = "recipe") -> tuple[Any, ...]:
+def build_configs(values: dict[str, Any], classes: tuple[type, ...], source: str = "recipe",
+                  origins: dict[str, str] | None = None) -> tuple[Any, ...]:
     """Instantiate each dataclass in `classes` from the keys it declares. A key declared by several (e.g. `seed`,
-    `trust_remote_code`) goes to all of them."""
+    `trust_remote_code`) goes to all of them. `origins` names where a key came from when not `source`."""
     check_known_keys(values, classes, source)
     configs = []
     for cls in classes:
@@ -201,7 +236,7 @@ def build_configs(values: dict[str, Any], classes: tuple[type, ...], source: str
                 try:
                     kwargs[key] = cast_value(value, types_[key], key)
                 except RecipeError as err:
-                    raise RecipeError(f"{source}: {err}") from None
+                    raise RecipeError(f"{(origins or {}).get(key, source)}: {err}") from None
         try:
             configs.append(cls(**kwargs))
         except (ValueError, TypeError) as err:
@@ -219,4 +254,4 @@ def load_recipe(
     extra = translate_legacy_keys(extra, stage=stage, source="command line")
     check_known_keys(extra, classes, "command line")
     values.update(extra)
-    return build_configs(values, classes, source=source)
+    return build_configs(values, classes, source=source, origins=dict.fromkeys(extra, "command line"))

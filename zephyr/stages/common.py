@@ -7,12 +7,14 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import datasets
 import transformers
 import yaml
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from zephyr.recipe import load_recipe
@@ -93,3 +95,28 @@ def save_run_files(output_dir: str, stage: str, configs: tuple[Any, ...], metric
         "",
     ]
     (out / "README.md").write_text("\n".join(lines))
+
+
+def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ...],
+                build_trainer: Callable[..., tuple[Any, Any, Any]]) -> dict[str, Any]:
+    """The skeleton every training stage shares: recipe -> logging -> seed -> data + model + trainer -> train
+    (resuming when a checkpoint exists) -> evaluate -> save model, tokenizer, metrics, recipe, model card."""
+    model_args, data_args, training_args = parse_stage_args(argv, classes, stage)
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+
+    trainer, tokenizer, report = build_trainer(model_args, data_args, training_args)
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    metrics = {**result.metrics, "train_samples": report.train_rows}
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(training_args.output_dir)
+        trainer.save_state()
+        save_run_files(training_args.output_dir, label, (model_args, data_args, training_args), metrics, report,
+                       model_args.model_name_or_path)
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+        logger.info("%s done: %s", label, shown)
+        logger.info("model, tokenizer, chat template, metrics and model card in %s", training_args.output_dir)
+    return metrics

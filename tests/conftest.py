@@ -1,0 +1,33 @@
+"""Shared fixtures: the embedded tiny model (both tokenizers), built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """`<dir>/model` (1k-vocab BPE tokenizer, random-init Mistral) and `<dir>/data/{sft,prefs}`."""
+    from zephyr.embedded.build import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory):
+    """The same with Mistral-7B's real SentencePiece tokenizer (32k vocab, adds BOS by itself)."""
+    from zephyr.embedded.build import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_mistral"), tokenizer="mistral", hidden_size=32)
+
+
+@pytest.fixture(params=["bpe", "mistral"])
+def any_tiny_dir(request, tiny_dir, tiny_mistral_dir):
+    return tiny_dir if request.param == "bpe" else tiny_mistral_dir
