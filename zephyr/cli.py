@@ -1,6 +1,7 @@
 """The `zephyr` command: one subcommand per stage, plus tools.
 
     zephyr sft RECIPE.yaml [--key value | key=value ...]
+    zephyr aif RECIPE.yaml [overrides] [--shard i/n] [--rebinarize]
     zephyr dpo RECIPE.yaml [overrides]
     zephyr tiny-model [--output-dir DIR] [--tokenizer bpe|mistral]
     zephyr merge ADAPTER_DIR OUTPUT_DIR [--base MODEL]
@@ -42,6 +43,12 @@ def _dpo(argv: list[str]) -> int:
     return run_stage(main, argv)
 
 
+def _aif(argv: list[str]) -> int:
+    from zephyr.stages.aif import main
+
+    return run_stage(main, argv)
+
+
 def _tiny_model(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="zephyr tiny-model", description="Build the embedded default model + data.")
     parser.add_argument("--output-dir", default="outputs/tiny", help="where model/ and data/ are written")
@@ -78,6 +85,7 @@ def _merge(argv: list[str]) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sft": (_sft, "dSFT: supervised fine-tuning on chat data (RECIPE [overrides])"),
+    "aif": (_aif, "AIF: generate answers, judge them, binarize into pairs (RECIPE [overrides] [--rebinarize])"),
     "dpo": (_dpo, "dDPO: preference optimization against the frozen dSFT model (RECIPE [overrides])"),
     "tiny-model": (_tiny_model, "build the embedded default: tiny model, tokenizer and datasets"),
     "merge": (_merge, "merge a LoRA adapter into its base model"),

@@ -98,6 +98,13 @@ def cast_value(value: Any, tp: Any, key: str) -> Any:
         raise RecipeError(f"key '{key}': expected {_type_name(tp)}, got {value!r}")
     if value is None:
         raise RecipeError(f"key '{key}': expected {_type_name(tp)}, got null")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise RecipeError(f"key '{key}': expected a mapping with keys {sorted(field_types(tp))}, got {value!r}")
+        (config,) = build_configs(value, (tp,), source=f"key '{key}'")
+        return config
     if origin is typing.Literal:
         choices = typing.get_args(tp)
         if value not in choices:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 
 WORDS = (
@@ -80,3 +81,33 @@ def make_rows(n: int, seed: int, kind: str) -> list[dict]:
     rng = random.Random(seed)
     build = sft_row if kind == "sft" else preference_row
     return [build(make_task(rng), rng) for _ in range(n)]
+
+
+def solve(prompt: str) -> str | None:
+    """The exact answer to a task prompt, or None if the prompt is not one of ours."""
+    if match := re.fullmatch(r"What is (\d+) \+ (\d+)\?", prompt):
+        a, b = int(match[1]), int(match[2])
+        return f"{a} + {b} = {a + b}."
+    if match := re.fullmatch(r"Reverse the word '(\w+)'\.", prompt):
+        return f"The reverse of '{match[1]}' is '{match[1][::-1]}'."
+    if match := re.fullmatch(r"Write '(\w+)' in capital letters\.", prompt):
+        return f"'{match[1]}' in capital letters is '{match[1].upper()}'."
+    return None
+
+
+def score_answer(prompt: str, response: str) -> float:
+    """10 for the exact answer; otherwise 1 + up to 8 for the share of the answer's characters it gets right
+    in place (so a nearly right answer beats a wrong one)."""
+    expected = solve(prompt)
+    if expected is None:
+        raise ValueError(f"not a task prompt: {prompt!r}")
+    response = response.strip()
+    if response == expected:
+        return 10.0
+    same = sum(a == b for a, b in zip(response, expected, strict=False))
+    return 1.0 + 8.0 * same / max(len(expected), len(response))
+
+
+def judge(prompt: str, responses: list[str]) -> list[float]:
+    """A programmatic judge for `zephyr aif` (judge.type: callable, callable: zephyr.embedded.tasks:judge)."""
+    return [round(score_answer(prompt, r), 4) for r in responses]

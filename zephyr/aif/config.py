@@ -1,0 +1,136 @@
+"""The AIF recipe: prompts, generators, judge, binarization. Nested YAML sections map onto these dataclasses;
+override a nested key with a dotted name: `--judge.max_retries 5`, `--generators.0.temperature 0.7`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Backend = Literal["transformers", "vllm", "openai"]
+
+# Settings that change how requests travel, not what comes back: excluded from the settings hashes.
+TRANSPORT_KEYS = ("batch_size", "concurrency", "timeout", "max_retries", "retry_backoff", "api_key_env")
+
+
+@dataclass
+class PromptSource:
+    id: str = field(metadata={"help": "Dataset with the prompts: hub id, local file or folder."})
+    config: str | None = field(default=None, metadata={"help": "Dataset config name."})
+    split: str = field(default="train", metadata={"help": "Split to read."})
+    column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column holding the prompt. Default: the first of `instruction` (UltraFeedback), `prompt`, "
+            "`messages` (UltraChat: its first user turn)."
+        },
+    )
+    id_column: str | None = field(
+        default=None, metadata={"help": "Column with a stable prompt id; default `prompt_id` or a hash of the text."}
+    )
+    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+
+
+@dataclass
+class EndpointSettings:
+    """How to reach a model: shared by generators and the LLM judge."""
+
+    backend: Backend = field(default="transformers", metadata={"help": "transformers, vllm or openai."})
+    model: str = field(default="", metadata={"help": "Local folder / hub id, or the endpoint's model name."})
+    base_url: str | None = field(
+        default=None, metadata={"help": "openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1"}
+    )
+    api_key_env: str | None = field(
+        default=None,
+        metadata={"help": "openai backend: NAME of the environment variable that holds the API key (never the key)."},
+    )
+    batch_size: int = field(default=16, metadata={"help": "Prompts per forward batch (local backends)."})
+    concurrency: int = field(default=8, metadata={"help": "Requests in flight at once (openai backend)."})
+    timeout: float = field(default=60.0, metadata={"help": "Seconds before one request is abandoned."})
+    max_retries: int = field(default=3, metadata={"help": "Retries of a failed request, with exponential backoff."})
+    retry_backoff: float = field(default=0.5, metadata={"help": "Seconds before the first retry; doubles each time."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype for local backends."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run custom model code (off by default)."})
+
+
+@dataclass
+class GeneratorConfig(EndpointSettings):
+    name: str = field(default="", metadata={"help": "Short unique name of this generator (recorded per answer)."})
+    num_completions: int = field(default=1, metadata={"help": "Answers per prompt from this generator."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 means greedy."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Longest answer."})
+    principles: list[str] = field(
+        default_factory=list,
+        metadata={"help": "System prompts ('principles'); one is drawn per completion, as in UltraFeedback."},
+    )
+    seed: int = field(default=0, metadata={"help": "Sampling seed (each batch is seeded from it and its place)."})
+
+    def settings_hash(self) -> str:
+        """Changes when anything that changes the answers changes (not batch size, concurrency, timeouts)."""
+        keep = {k: v for k, v in asdict(self).items()
+                if k not in TRANSPORT_KEYS + ("name",)}
+        return stable_hash(keep)
+
+
+@dataclass
+class JudgeConfig(EndpointSettings):
+    type: Literal["llm", "reward_model", "callable"] = field(
+        default="llm", metadata={"help": "llm (UltraFeedback rubric), reward_model, or callable (module:function)."}
+    )
+    callable: str | None = field(
+        default=None,
+        metadata={"help": "For type callable: 'module:function' taking (prompt, responses) and returning one score "
+                  "(float) or one dict {ratings, overall, reward, rationales} per response."},
+    )
+    aspects: list[str] = field(
+        default_factory=lambda: ["instruction_following", "honesty", "truthfulness", "helpfulness"],
+        metadata={"help": "UltraFeedback aspects rated 1-5 (honesty may be N/A)."},
+    )
+    overall_score: bool = field(default=False, metadata={"help": "Also ask for the 1-10 critique score."})
+    temperature: float = field(default=0.0, metadata={"help": "Judge sampling temperature (UltraFeedback: 0)."})
+    max_new_tokens: int = field(default=1024, metadata={"help": "Longest judge output."})
+    max_parse_retries: int = field(default=3, metadata={"help": "Re-asks when the judge's output cannot be parsed."})
+    seed: int = field(default=0, metadata={"help": "Seed of the shuffled answer order."})
+
+    def settings_hash(self) -> str:
+        keep = {k: v for k, v in asdict(self).items()
+                if k not in TRANSPORT_KEYS}
+        return stable_hash(keep)
+
+
+@dataclass
+class BinarizationConfig:
+    score: Literal["mean_aspects", "overall", "reward"] = field(
+        default="mean_aspects", metadata={"help": "mean_aspects (Argilla), overall (H4), or reward."}
+    )
+    rejected: Literal["random", "lowest", "random_lower"] = field(
+        default="random",
+        metadata={"help": "random among the rest (Zephyr, default), lowest (distilabel), random_lower (Argilla)."},
+    )
+    ties: Literal["drop", "keep"] = field(
+        default="keep", metadata={"help": "A rejected answer scored equal to chosen: keep the pair or drop it."}
+    )
+    min_gap: float = field(default=0.0, metadata={"help": "Drop pairs whose score gap is below this."})
+    seed: int = field(default=42, metadata={"help": "Seed of the random choices (per prompt, reproducible)."})
+    test_size: float = field(default=0.0, metadata={"help": "Fraction of prompts held out as test_prefs."})
+
+
+@dataclass
+class AIFConfig:
+    prompts: PromptSource = field(metadata={"help": "Where the prompts come from."})
+    generators: list[GeneratorConfig] = field(metadata={"help": "The models that answer (UltraFeedback: 4)."})
+    judge: JudgeConfig = field(metadata={"help": "Who rates the answers."})
+    output_dir: str = field(metadata={"help": "Where completions, judgments and the dataset are written."})
+    binarization: BinarizationConfig = field(default_factory=BinarizationConfig)
+    shard: str | None = field(default=None, metadata={"help": "i/n: handle only shard i of n of the prompts."})
+
+    def __post_init__(self) -> None:
+        names = [g.name for g in self.generators]
+        if not names or any(not n for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"generators need unique, non-empty names, got {names}")
+
+
+def stable_hash(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -1,0 +1,296 @@
+"""The AIF stage: prompts -> completions -> judgments -> binarized pairs, crash-safe and resumable.
+
+Every completion and judgment is appended to a JSONL store (flushed, fsync'ed) as soon as its batch is done,
+keyed by prompt id, model, sample index and a hash of the settings that shape it. A rerun skips what is
+stored: a crash loses at most the batch in flight, and no work is done twice. Work is cut into fixed batches
+seeded by their own content, so a batch redone after a crash samples exactly what it would have.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from tqdm.auto import tqdm
+
+from zephyr.aif.backends import ChatRequest, make_backend
+from zephyr.aif.binarize import Candidate, binarize
+from zephyr.aif.config import AIFConfig, GeneratorConfig, PromptSource
+from zephyr.aif.judges import JudgeTask, make_judge
+from zephyr.aif.store import RecordStore, read_stores
+from zephyr.configs import DatasetSource
+from zephyr.data.loading import DataError, load_source
+
+logger = logging.getLogger("zephyr.aif")
+
+
+@dataclass
+class Prompt:
+    id: str
+    text: str
+
+
+@dataclass
+class Summary:
+    prompts: int = 0
+    completions: int = 0
+    completions_new: int = 0
+    judged_prompts: int = 0
+    judged_new: int = 0
+    failures: Counter = field(default_factory=Counter)
+    pairs: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+def prompt_text(row: dict[str, Any], column: str) -> str:
+    value = row[column]
+    if column == "messages":
+        users = [m["content"] for m in value if m.get("role") == "user"]
+        return users[0] if users else ""
+    if isinstance(value, list):  # a conversational prompt: its last user turn
+        users = [m["content"] for m in value if m.get("role") == "user"]
+        return users[-1] if users else ""
+    return value if isinstance(value, str) else ""
+
+
+def load_prompts(src: PromptSource) -> tuple[list[Prompt], Counter]:
+    ds = load_source(DatasetSource(id=src.id, config=src.config, split=src.split))
+    column = src.column or next((c for c in ("instruction", "prompt", "messages") if c in ds.column_names), None)
+    if column is None or column not in ds.column_names:
+        raise DataError(f"{src.id}: no prompt column (looked for {src.column or 'instruction, prompt, messages'}; "
+                        f"has {ds.column_names})")
+    id_column = src.id_column or ("prompt_id" if "prompt_id" in ds.column_names else None)
+    prompts, seen, dropped = [], set(), Counter()
+    for row in ds:
+        text = prompt_text(row, column).strip()
+        if not text:
+            dropped["empty prompt"] += 1
+            continue
+        pid = str(row[id_column]) if id_column else hashlib.sha256(text.encode()).hexdigest()[:16]
+        if pid in seen:
+            dropped["duplicate prompt id"] += 1
+            continue
+        seen.add(pid)
+        prompts.append(Prompt(pid, text))
+        if src.max_prompts and len(prompts) >= src.max_prompts:
+            break
+    for reason, n in dropped.items():
+        logger.warning("%s: skipped %d prompts (%s)", src.id, n, reason)
+    return prompts, dropped
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    if not shard:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"shard: expected i/n with 0 <= i < n, e.g. 0/4; got {shard!r}") from None
+    return i, n
+
+
+# ------------------------------------------------------------------------------------------------ keys
+def completion_key(prompt_id: str, gen: GeneratorConfig, sample: int) -> str:
+    return f"{prompt_id}|{gen.name}|{sample}|{gen.settings_hash()}"
+
+
+def content_seed(base: int, keys: list[str]) -> int:
+    return base + int(hashlib.sha256("\n".join(keys).encode()).hexdigest()[:8], 16)
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# ------------------------------------------------------------------------------------------------ stages
+class AIFRun:
+    def __init__(self, cfg: AIFConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.shard = parse_shard(cfg.shard)
+        suffix = f".shard-{self.shard[0]}-of-{self.shard[1]}" if self.shard[1] > 1 else ""
+        self.completions = RecordStore(self.out / f"completions{suffix}.jsonl")
+        self.judgments = RecordStore(self.out / f"judgments{suffix}.jsonl")
+        self.failures_path = self.out / f"failures{suffix}.jsonl"
+        self.summary = Summary()
+
+    def log_failure(self, kind: str, key: str, reason: str) -> None:
+        self.summary.failures[f"{kind}: {reason.split(' (after')[0].split(':')[0]}"] += 1
+        with open(self.failures_path, "a") as f:
+            f.write(json.dumps({"kind": kind, "key": key, "reason": reason, "time": time.time()}) + "\n")
+
+    def generate(self, prompts: list[Prompt]) -> None:
+        for gen in self.cfg.generators:
+            work = [(p, s) for p in prompts for s in range(gen.num_completions)]
+            todo = [(p, s) for p, s in work if completion_key(p.id, gen, s) not in self.completions]
+            if not todo:
+                logger.info("generator %s: all %d completions already done", gen.name, len(work))
+                continue
+            logger.info("generator %s (%s, %s): %d of %d completions to do", gen.name, gen.backend, gen.model,
+                        len(todo), len(work))
+            backend = make_backend(gen)
+            size = gen.batch_size if gen.backend != "openai" else max(gen.concurrency * 4, 1)
+            # Fixed batches over the whole work list, so a batch redone after a crash is the same batch.
+            batches = [b for b in chunks(work, size)
+                       if any(completion_key(p.id, gen, s) not in self.completions for p, s in b)]
+            for batch in tqdm(batches, desc=f"Generating with {gen.name}", unit="batch"):
+                self._generate_batch(gen, backend, batch)
+            del backend
+            gc.collect()
+
+    def _generate_batch(self, gen: GeneratorConfig, backend, batch: list[tuple[Prompt, int]]) -> None:
+        keys = [completion_key(p.id, gen, s) for p, s in batch]
+        requests, principles = [], []
+        for (p, _), key in zip(batch, keys, strict=True):
+            principle = random.Random(f"{gen.seed}:{key}").choice(gen.principles) if gen.principles else None
+            messages = ([{"role": "system", "content": principle}] if principle else []) + [
+                {"role": "user", "content": p.text}]
+            requests.append(ChatRequest(messages, gen.temperature, gen.top_p, gen.max_new_tokens))
+            principles.append(principle)
+        results = backend.complete(requests, seed=content_seed(gen.seed, keys))
+        records = []
+        for (p, s), key, principle, result in zip(batch, keys, principles, results, strict=True):
+            if key in self.completions:
+                continue
+            if result.failure or not result.text:
+                self.log_failure("generation", key, result.failure or "empty answer")
+                continue
+            records.append({"key": key, "prompt_id": p.id, "model": gen.name, "sample_index": s,
+                            "principle": principle, "response": result.text})
+        self.summary.completions_new += self.completions.append(records)
+
+    def expected_keys(self, prompt: Prompt) -> list[str]:
+        return [completion_key(prompt.id, g, s) for g in self.cfg.generators for s in range(g.num_completions)]
+
+    def judgment_key(self, prompt: Prompt, completion_keys: list[str]) -> str:
+        digest = hashlib.sha256("\n".join(completion_keys).encode()).hexdigest()[:12]
+        return f"{prompt.id}|{self.cfg.judge.settings_hash()}|{digest}"
+
+    def judge(self, prompts: list[Prompt]) -> None:
+        ready = []
+        for p in prompts:
+            keys = [k for k in self.expected_keys(p) if k in self.completions]
+            if len(keys) >= 2 and self.judgment_key(p, keys) not in self.judgments:
+                ready.append((p, keys))
+        if not ready:
+            logger.info("judge: nothing to do")
+            return
+        logger.info("judge (%s): %d prompts to judge", self.cfg.judge.type, len(ready))
+        judge = make_judge(self.cfg.judge)
+        for batch in tqdm(chunks(ready, max(self.cfg.judge.batch_size, 1)), desc="Judging", unit="batch"):
+            tasks = [JudgeTask(p.id, p.text, [self.completions.get(k)["response"] for k in keys]) for p, keys in batch]
+            results = judge.judge(tasks)
+            records = []
+            for (p, keys), judgments in zip(batch, results, strict=True):
+                reasons = {j["failure"] for j in judgments if "failure" in j}
+                if reasons:
+                    self.log_failure("judge", p.id, sorted(reasons)[0])
+                    continue
+                records.append({"key": self.judgment_key(p, keys), "prompt_id": p.id,
+                                "completions": dict(zip(keys, judgments, strict=True))})
+            self.summary.judged_new += self.judgments.append(records)
+        del judge
+        gc.collect()
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def collect(cfg: AIFConfig, prompts: list[Prompt], out: Path) -> list[tuple[Prompt, list[dict[str, Any]]]]:
+    """Every prompt with its completions and (if judged with the current judge) their judgments, from all
+    shards' stores."""
+    completions = read_stores(out.glob("completions*.jsonl"))
+    judgments = read_stores(out.glob("judgments*.jsonl"))
+    judge_hash = cfg.judge.settings_hash()
+    by_prompt: dict[str, dict[str, Any]] = {}
+    for record in judgments.values():
+        if record["key"].split("|")[1] == judge_hash:
+            by_prompt.setdefault(record["prompt_id"], {}).update(record["completions"])
+    collected = []
+    for p in prompts:
+        items = []
+        for g in cfg.generators:
+            for s in range(g.num_completions):
+                key = completion_key(p.id, g, s)
+                if key in completions:
+                    items.append({**completions[key], "judgment": by_prompt.get(p.id, {}).get(key)})
+        collected.append((p, items))
+    return collected
+
+
+def write_outputs(cfg: AIFConfig, collected, summary: Summary) -> None:
+    out = Path(cfg.output_dir)
+    raw_path = out / "raw.jsonl"
+    with open(raw_path, "w") as f:
+        for p, items in collected:
+            f.write(json.dumps({"prompt_id": p.id, "instruction": p.text, "completions": [
+                {k: v for k, v in item.items() if k != "key"} for item in items]}, ensure_ascii=False) + "\n")
+    candidates = [(p.text, p.id, [Candidate(i["response"], i["model"], i["judgment"]) for i in items])
+                  for p, items in collected]
+    rows, dropped = binarize(candidates, cfg.binarization)
+    summary.pairs, summary.dropped = len(rows), dropped
+    test_ids = held_out(sorted(r["prompt_id"] for r in rows), cfg.binarization.test_size, cfg.binarization.seed)
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for split, keep in (("train_prefs", False), ("test_prefs", True)):
+        split_rows = [r for r in rows if (r["prompt_id"] in test_ids) == keep]
+        path = data / f"{split}-00000-of-00001.parquet"
+        if split_rows:
+            datasets.Dataset.from_list(split_rows).to_parquet(str(path))
+        elif path.exists():
+            path.unlink()
+
+
+def held_out(ids: list[str], fraction: float, seed: int) -> set[str]:
+    if fraction <= 0 or not ids:
+        return set()
+    rng = random.Random(seed)
+    return set(rng.sample(ids, max(1, round(len(ids) * fraction))))
+
+
+def run_aif(cfg: AIFConfig, rebinarize: bool = False) -> Summary:
+    start = time.time()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts, _ = load_prompts(cfg.prompts)
+    i, n = parse_shard(cfg.shard)
+    mine = prompts[i::n]
+    run = AIFRun(cfg)
+    summary = run.summary
+    summary.prompts = len(mine)
+    if not rebinarize:
+        run.generate(mine)
+        run.judge(mine)
+    if n > 1 and not rebinarize:
+        logger.info("shard %d/%d done; when every shard is done, build the dataset with --rebinarize", i, n)
+    else:
+        collected = collect(cfg, prompts, out)
+        summary.prompts = len(prompts)
+        summary.completions = sum(len(items) for _, items in collected)
+        summary.judged_prompts = sum(1 for _, items in collected if items and all(x["judgment"] for x in items))
+        write_outputs(cfg, collected, summary)
+    summary.seconds = time.time() - start
+    report(summary, out)
+    return summary
+
+
+def report(summary: Summary, out: Path) -> None:
+    data = asdict(summary)
+    data["failures"], data["dropped"] = dict(summary.failures), dict(summary.dropped)
+    (out / "summary.json").write_text(json.dumps(data, indent=2, sort_keys=True))
+    logger.info(
+        "AIF summary: %d prompts, %d completions (%d new), %d prompts judged (%d new), failures %s, "
+        "%d pairs kept, dropped %s, %.1fs. Dataset: %s", summary.prompts, summary.completions,
+        summary.completions_new, summary.judged_prompts, summary.judged_new, dict(summary.failures) or "none",
+        summary.pairs, dict(summary.dropped) or "none", summary.seconds, out / "data")

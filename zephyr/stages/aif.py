@@ -1,0 +1,27 @@
+"""AIF: build preference data with AI feedback (generate -> judge -> binarize), resumable and crash-safe.
+
+    zephyr aif RECIPE.yaml [overrides] [--shard i/n] [--rebinarize]
+
+--rebinarize rebuilds the dataset from the stored completions and judgments (all shards) without generating
+or judging: change `binarization.*` and rerun in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from zephyr.aif.config import AIFConfig
+from zephyr.aif.pipeline import Summary, run_aif
+from zephyr.stages.common import parse_stage_args
+
+logger = logging.getLogger("zephyr.aif")
+
+
+def main(argv: list[str]) -> Summary:
+    rebinarize = "--rebinarize" in argv
+    argv = [a for a in argv if a != "--rebinarize"]
+    (cfg,) = parse_stage_args(argv, (AIFConfig,), "aif")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stdout, level=logging.INFO, force=True)
+    return run_aif(cfg, rebinarize=rebinarize)
