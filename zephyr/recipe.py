@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import re
 import logging
 import types
 import typing
@@ -47,6 +48,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_KEY_EQUALS = re.compile(r"^[A-Za-z_][\w.-]*=")
+
+
 def parse_overrides(args: list[str]) -> dict[str, str | None]:
     """`--key value`, `--key=value` and `key=value`; a bare `--flag` means true."""
     out: dict[str, str | None] = {}
@@ -57,7 +61,7 @@ def parse_overrides(args: list[str]) -> dict[str, str | None]:
             key = arg[2:]
             if "=" in key:
                 key, value = key.split("=", 1)
-            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            elif i + 1 < len(args) and not args[i + 1].startswith("--") and not _KEY_EQUALS.match(args[i + 1]):
                 value = args[i + 1]
                 i += 1
             else:
@@ -259,6 +263,30 @@ def load_recipe(
     values = translate_legacy_keys(read_yaml(path) if path else {}, stage=stage, source=source)
     extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
     extra = translate_legacy_keys(extra, stage=stage, source="command line")
-    check_known_keys(extra, classes, "command line")
-    values.update(extra)
-    return build_configs(values, classes, source=source, origins=dict.fromkeys(extra, "command line"))
+    check_known_keys({k.split(".")[0] for k in extra}, classes, "command line")
+    for key, value in extra.items():
+        set_dotted(values, key, value)
+    origins = dict.fromkeys((k.split(".")[0] for k in extra), "command line")
+    return build_configs(values, classes, source=source, origins=origins)
+
+
+def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    """`judge.max_retries=5` sets values["judge"]["max_retries"]; `generators.0.temperature` indexes a list."""
+    *path, last = key.split(".")
+    node: Any = values
+    for i, part in enumerate(path):
+        where = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"command line: '{key}': no item {part} in '{where}' (it has {len(node)})")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise RecipeError(f"command line: '{key}': '{where}' is not a mapping or list")
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise RecipeError(f"command line: '{key}': no item {last} (the list has {len(node)})")
+        node[int(last)] = value
+    else:
+        node[last] = value

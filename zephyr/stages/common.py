@@ -21,7 +21,10 @@ from zephyr.recipe import load_recipe
 
 logger = logging.getLogger("zephyr")
 
-SECRET_KEY_PARTS = ("token", "api_key", "password", "secret")
+def is_secret_key(name: str) -> bool:
+    """Fields that may hold credentials (hub_token, *_api_key, ...); eos_token and pad_token are not."""
+    name = name.lower()
+    return name in ("token", "hub_token") or name.endswith(("_api_key", "api_key", "password", "secret"))
 
 
 def parse_stage_args(argv: list[str], classes: tuple[type, ...], stage: str) -> tuple[Any, ...]:
@@ -59,7 +62,7 @@ def public_values(*configs: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for cfg in configs:
         for f in dataclasses.fields(cfg):
-            if any(part in f.name.lower() for part in SECRET_KEY_PARTS):
+            if is_secret_key(f.name):
                 continue
             value = getattr(cfg, f.name)
             out[f.name] = value.value if hasattr(value, "value") and not isinstance(value, (list, dict)) else value

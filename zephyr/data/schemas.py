@@ -1,0 +1,116 @@
+"""Recognise the dataset schemas users bring (REFERENCE.md 2) and convert each row to one canonical form.
+
+SFT rows become {"messages": [...]}; preference rows become TRL's explicit conversational form
+{"prompt": [...], "chosen": [assistant message], "rejected": [assistant message]}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+Kind = Literal["sft", "preference"]
+
+
+class RowError(ValueError):
+    """One row cannot be used; the message says why."""
+
+
+def detect_schema(columns: list[str], kind: Kind) -> str:
+    """Name the schema of a dataset from its columns, or raise RowError listing what is accepted."""
+    cols = set(columns)
+    if kind == "sft":
+        if "messages" in cols:
+            return "messages"
+        if {"instruction", "output"} <= cols:
+            return "alpaca"
+        if {"prompt", "completion"} <= cols:
+            return "prompt_completion"
+        if {"chosen"} <= cols:
+            return "chosen_as_sft"
+        raise RowError(
+            f"columns {sorted(cols)} match no SFT schema: expected 'messages' (UltraChat), 'instruction'/'output' "
+            "(Alpaca) or 'prompt'/'completion'"
+        )
+    if {"chosen", "rejected"} <= cols:
+        return "explicit_prompt" if "prompt" in cols else "implicit_prompt"
+    if {"instruction", "completions"} <= cols:
+        raise RowError(
+            "this is raw UltraFeedback (instruction + rated completions): binarize it first with `zephyr aif "
+            "--rebinarize` or use a binarized version (chosen/rejected)"
+        )
+    raise RowError(
+        f"columns {sorted(cols)} match no preference schema: expected 'chosen' and 'rejected' (with or without "
+        "'prompt'), as in ultrafeedback_binarized or TRL's preference formats"
+    )
+
+
+def convert_row(row: dict[str, Any], schema: str) -> dict[str, Any]:
+    if schema == "messages":
+        return {"messages": _messages(row["messages"], "messages")}
+    if schema == "chosen_as_sft":
+        return {"messages": _messages(row["chosen"], "chosen")}
+    if schema == "alpaca":
+        instruction, extra = _text(row.get("instruction"), "instruction"), row.get("input") or ""
+        if not instruction.strip():
+            raise RowError("empty 'instruction'")
+        if not isinstance(extra, str):
+            raise RowError(f"'input' must be a string, got {type(extra).__name__}")
+        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        return {"messages": [_msg("user", user), _msg("assistant", _text(row.get("output"), "output"))]}
+    if schema == "prompt_completion":
+        prompt, completion = row["prompt"], row["completion"]
+        prompt = _messages(prompt, "prompt") if isinstance(prompt, list) else [_msg("user", _text(prompt, "prompt"))]
+        completion = (
+            _messages(completion, "completion")
+            if isinstance(completion, list)
+            else [_msg("assistant", _text(completion, "completion"))]
+        )
+        return {"messages": prompt + completion}
+    if schema in ("explicit_prompt", "implicit_prompt"):
+        return _preference(row)
+    raise RowError(f"unknown schema {schema!r}")
+
+
+def _preference(row: dict[str, Any]) -> dict[str, Any]:
+    chosen, rejected, prompt = row.get("chosen"), row.get("rejected"), row.get("prompt")
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        if not isinstance(prompt, str):
+            raise RowError("string 'chosen'/'rejected' need a string 'prompt' column")
+        user = [_msg("user", _text(prompt, "prompt"))]
+        return {"prompt": user, "chosen": [_msg("assistant", chosen)], "rejected": [_msg("assistant", rejected)]}
+    chosen, rejected = _messages(chosen, "chosen"), _messages(rejected, "rejected")
+    if isinstance(prompt, list):  # explicit conversational: chosen/rejected hold only the answers
+        prompt_msgs = _messages(prompt, "prompt")
+        if len(chosen) == 1 and len(rejected) == 1:
+            return {"prompt": prompt_msgs, "chosen": chosen, "rejected": rejected}
+    # Whole conversations (ultrafeedback_binarized, implicit prompt): the shared prefix is the prompt.
+    if len(chosen) < 2 or len(rejected) < 2:
+        raise RowError("'chosen' and 'rejected' must be conversations ending with an assistant message")
+    if chosen[:-1] != rejected[:-1]:
+        raise RowError("'chosen' and 'rejected' do not share the same prompt messages")
+    if isinstance(prompt, str) and prompt.strip() and chosen[-2]["content"].strip() != prompt.strip():
+        raise RowError("'prompt' differs from the last user message of 'chosen'")
+    return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
+
+
+def _messages(value: Any, name: str) -> list[dict[str, str]]:
+    if not isinstance(value, list):
+        raise RowError(f"'{name}' must be a list of {{role, content}} messages, got {type(value).__name__}")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise RowError(f"'{name}'[{i}] must be a {{role, content}} message, got {m!r:.80}")
+        out.append(_msg(m["role"], m["content"], f"{name}[{i}]"))
+    return out
+
+
+def _msg(role: Any, content: Any, where: str = "message") -> dict[str, str]:
+    if not isinstance(role, str):
+        raise RowError(f"{where}: role must be a string, got {role!r}")
+    return {"role": role, "content": _text(content, f"{where}.content")}
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise RowError(f"'{name}' must be a string, got {type(value).__name__}")
+    return value
