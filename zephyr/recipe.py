@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
-import re
 import logging
+import re
 import types
 import typing
 from pathlib import Path
