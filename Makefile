@@ -16,10 +16,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
+# The whole Zephyr recipe on the embedded default: tiny model -> dSFT -> AIF -> dDPO -> eval (table + plot).
 demo: setup
-	$(BIN)/zephyr tiny-model --output-dir $(TINY)
-	$(BIN)/zephyr sft recipes/tiny/sft.yaml
-	$(BIN)/zephyr dpo recipes/tiny/dpo.yaml
+	$(BIN)/zephyr run recipes/tiny
 
 test: setup
 	$(BIN)/python -m pytest -q

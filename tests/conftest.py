@@ -17,7 +17,7 @@ def tiny_dir(tmp_path_factory):
     """`<dir>/model` (1k-vocab BPE tokenizer, random-init Mistral) and `<dir>/data/{sft,prefs}`."""
     from zephyr.embedded.build import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=64)
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import torch
 
-
-def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum of log p(token) over the positions where `mask` is 1 (the completion), one value per row."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    return (logps * mask[:, 1:]).sum(-1)
+from zephyr.evaluation.reward_accuracy import sequence_logps  # noqa: F401  (re-exported for tests)
 
 
 def state_snapshot(model) -> dict[str, torch.Tensor]:

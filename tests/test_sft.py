@@ -30,7 +30,8 @@ def log_losses(out):
 def test_sft_end_to_end_loss_falls_files_written_model_generates(tiny_dir, tmp_path):
     out = tmp_path / "sft"
     metrics = sft.main(sft_args(tiny_dir, out, "--num_train_epochs", "2", "--save_strategy", "epoch", "--warmup_steps", "0.1",
-                                "--per_device_train_batch_size", "32", "--logging_steps", "3"))
+                                "--per_device_train_batch_size", "32", "--logging_steps", "3",
+                                "--max_train_samples", "2000"))
     losses = [loss for _, loss in log_losses(out)]
     assert len(losses) == 42  # 2000 rows / 32 = 63 steps an epoch, logged every 3
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5  # the loss falls
@@ -45,7 +46,7 @@ def test_sft_end_to_end_loss_falls_files_written_model_generates(tiny_dir, tmp_p
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert tok.chat_template and "{% generation %}" in tok.chat_template
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}], add_generation_prompt=True,
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True,
                                      return_tensors="pt", return_dict=True)
     generated = model.generate(**prompt, max_new_tokens=24, do_sample=False)[0, prompt["input_ids"].shape[1]:]
     assert generated[-1] == tok.eos_token_id  # it learned to stop (EOS was trained)

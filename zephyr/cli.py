@@ -1,8 +1,10 @@
 """The `zephyr` command: one subcommand per stage, plus tools.
 
+    zephyr run PIPELINE.yaml|DIR [--from STAGE | --only STAGE] [--seed N] [--root DIR]
     zephyr sft RECIPE.yaml [--key value | key=value ...]
     zephyr aif RECIPE.yaml [overrides] [--shard i/n] [--rebinarize]
     zephyr dpo RECIPE.yaml [overrides]
+    zephyr eval RECIPE.yaml [overrides]
     zephyr tiny-model [--output-dir DIR] [--tokenizer bpe|mistral]
     zephyr merge ADAPTER_DIR OUTPUT_DIR [--base MODEL]
 """
@@ -16,9 +18,11 @@ from collections.abc import Callable
 
 from zephyr.data.loading import DataError
 from zephyr.data.schemas import RowError
+from zephyr.aif.store import StoreError
+from zephyr.evaluation.questions import QuestionError
 from zephyr.recipe import RecipeError
 
-USER_ERRORS = (RecipeError, DataError, RowError, FileNotFoundError)
+USER_ERRORS = (RecipeError, DataError, RowError, FileNotFoundError, QuestionError, StoreError)
 
 
 def run_stage(stage_main: Callable[[list[str]], object], argv: list[str]) -> int:
@@ -49,12 +53,24 @@ def _aif(argv: list[str]) -> int:
     return run_stage(main, argv)
 
 
+def _eval(argv: list[str]) -> int:
+    from zephyr.stages.eval import main
+
+    return run_stage(main, argv)
+
+
+def _run(argv: list[str]) -> int:
+    from zephyr.pipeline import main
+
+    return run_stage(main, argv)
+
+
 def _tiny_model(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="zephyr tiny-model", description="Build the embedded default model + data.")
     parser.add_argument("--output-dir", default="outputs/tiny", help="where model/ and data/ are written")
     parser.add_argument("--tokenizer", choices=["bpe", "mistral"], default="bpe",
                         help="bpe: trained on the shipped data (fast); mistral: Mistral-7B's real 32k tokenizer")
-    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -84,9 +100,11 @@ def _merge(argv: list[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "run": (_run, "the whole recipe: dSFT -> AIF -> dDPO -> eval (PIPELINE [--from S | --only S] [--seed N])"),
     "sft": (_sft, "dSFT: supervised fine-tuning on chat data (RECIPE [overrides])"),
     "aif": (_aif, "AIF: generate answers, judge them, binarize into pairs (RECIPE [overrides] [--rebinarize])"),
     "dpo": (_dpo, "dDPO: preference optimization against the frozen dSFT model (RECIPE [overrides])"),
+    "eval": (_eval, "evaluate: answer questions, grade them, report scores with confidence intervals"),
     "tiny-model": (_tiny_model, "build the embedded default: tiny model, tokenizer and datasets"),
     "merge": (_merge, "merge a LoRA adapter into its base model"),
 }

@@ -26,6 +26,7 @@ class ChatRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 512
+    seed: int | None = None  # openai backend: this request's own seed (default: the batch seed + its position)
 
 
 @dataclass
@@ -128,7 +129,8 @@ class OpenAIBackend:
 
     def complete(self, requests: list[ChatRequest], seed: int = 0) -> list[ChatResult]:
         with ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency)) as pool:
-            return list(pool.map(lambda ir: self._one(ir[1], seed + ir[0]), enumerate(requests)))
+            return list(pool.map(lambda ir: self._one(ir[1], seed + ir[0] if ir[1].seed is None else ir[1].seed),
+                                 enumerate(requests)))
 
     def _one(self, request: ChatRequest, seed: int) -> ChatResult:
         s = self.settings

@@ -160,7 +160,18 @@ class AIFRun:
                 {"role": "user", "content": p.text}]
             requests.append(ChatRequest(messages, gen.temperature, gen.top_p, gen.max_new_tokens))
             principles.append(principle)
-        results = backend.complete(requests, seed=content_seed(gen.seed, keys))
+        seed = content_seed(gen.seed, keys)
+        if gen.backend == "openai":
+            # Endpoint requests are independent (and cost money): ask only for the answers not stored yet, each
+            # with the seed it has in the whole batch, rather than the whole batch again.
+            todo = [i for i, key in enumerate(keys) if key not in self.completions]
+            for i in todo:
+                requests[i].seed = seed + i
+            results: list = [None] * len(keys)
+            for i, result in zip(todo, backend.complete([requests[i] for i in todo], seed=seed), strict=True):
+                results[i] = result
+        else:
+            results = backend.complete(requests, seed=seed)
         records = []
         for (p, s), key, principle, result in zip(batch, keys, principles, results, strict=True):
             if key in self.completions:

@@ -17,29 +17,48 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
 from zephyr.chat_template import ZEPHYR_CHAT_TEMPLATE
-from zephyr.embedded.tasks import make_rows
+from zephyr.embedded.tasks import make_rows, split_tasks
 
 logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 SPLITS = {  # dataset -> split -> (rows, seed)
-    "sft": {"train_sft": (2000, 1), "test_sft": (100, 2)},
+    "sft": {"train_sft": (3000, 1), "test_sft": (100, 2)},
     "prefs": {"train_prefs": (1000, 3), "test_prefs": (100, 4)},
 }
 
 
 def write_datasets(out: Path) -> dict[str, Path]:
-    """Write `sft/` (UltraChat schema) and `prefs/` (ultrafeedback_binarized schema) as hub-layout folders:
-    `data/<split>-00000-of-00001.parquet`, loadable with `datasets.load_dataset(folder, split=...)`."""
+    """Write, as hub-layout folders (`data/<split>-00000-of-00001.parquet`, loadable with
+    `datasets.load_dataset(folder, split=...)`):
+    - `sft/`: dSFT dialogues from the imperfect teacher (UltraChat schema), over every task;
+    - `prefs/`: offline preference pairs, right vs wrong answer (ultrafeedback_binarized schema);
+      train_prefs from the AIF prompts, test_prefs from the held-out ones;
+    - `prompts/`: the AIF prompts (`prompt`, `prompt_id`, `category`), disjoint from the eval questions;
+    and `eval/questions.jsonl`: the held-out questions in MT-Bench's layout, with reference answers."""
+    train_tasks, held_out = split_tasks()
     folders = {}
     for name, splits in SPLITS.items():
         folder = out / name
         (folder / "data").mkdir(parents=True, exist_ok=True)
         for split, (n, seed) in splits.items():
-            rows = make_rows(n, seed, "sft" if name == "sft" else "prefs")
+            if name == "sft":
+                rows = make_rows(n, seed, "sft")
+            else:
+                rows = make_rows(n, seed, "prefs", train_tasks if split.startswith("train") else held_out)
             datasets.Dataset.from_list(rows).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
         folders[name] = folder
+    prompts = [{"prompt": t.prompt, "prompt_id": t.prompt_id, "category": t.kind} for t in train_tasks]
+    (out / "prompts" / "data").mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_list(prompts).to_parquet(str(out / "prompts" / "data" / "train-00000-of-00001.parquet"))
+    folders["prompts"] = out / "prompts"
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    with open(out / "eval" / "questions.jsonl", "w") as f:
+        for t in held_out:
+            f.write(json.dumps({"question_id": t.prompt_id, "category": t.kind, "turns": [t.prompt],
+                                "reference": [t.answer]}) + "\n")
+    folders["eval"] = out / "eval"
     return folders
 
 
@@ -86,7 +105,7 @@ def mistral_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
 def build_tiny_model(
     out: str | Path,
     tokenizer: str = "bpe",
-    hidden_size: int = 64,
+    hidden_size: int = 128,
     num_layers: int = 2,
     seed: int = 0,
 ) -> Path:
@@ -124,9 +143,8 @@ def build_tiny_model(
     tok.save_pretrained(model_dir)
     (out / "README.md").write_text(
         "Embedded default built by `zephyr tiny-model`: random-init Mistral "
-        f"({sum(p.numel() for p in model.parameters()):,} parameters, vocab {len(tok)}) and datasets:\n"
-        + json.dumps({k: {s: n for s, (n, _) in v.items()} for k, v in SPLITS.items()}, indent=2)
-        + "\n"
+        f"({sum(p.numel() for p in model.parameters()):,} parameters, vocab {len(tok)}), datasets in data/ "
+        "(sft, prefs, prompts, eval/questions.jsonl; see zephyr/embedded/tasks.py).\n"
     )
     logger.info("tiny model written to %s, datasets to %s", model_dir, data_dir)
     return out

@@ -1,7 +1,13 @@
-"""Small chat tasks with answers a program can check (so a judge can score them exactly).
+"""The embedded default's task family: short chat tasks whose answers a program can check exactly.
 
-Rows are written in the real schemas users bring: UltraChat (`messages`) for SFT and
-`ultrafeedback_binarized` (`chosen`/`rejected` conversations with scores) for DPO.
+Four kinds: `add` ("What is 3 + 4?"), `reverse`, `upper` and `copy` a word. The dSFT data is written by an
+imperfect teacher that makes one *systematic* mistake per kind (an off-by-one sum, a capitalized instead of
+upper-cased word, ...) at a fixed rate, above one half for `add` and `reverse`. The dSFT model learns both the
+right and the wrong habit; AIF samples both, the programmatic judge (`judge`) prefers the right one, and dDPO
+can remove the wrong habit: alignment here is measurable, not just runnable.
+
+Rows are written in the real schemas users bring: UltraChat (`messages`) for SFT, `ultrafeedback_binarized`
+for preferences, MT-Bench's question layout for evaluation.
 """
 
 from __future__ import annotations
@@ -18,6 +24,11 @@ WORDS = (
     "falcon harbor violet anchor canvas circle coffee dollar engine fabric ginger helmet jacket kettle"
 ).split()
 
+KINDS = ("add", "reverse", "upper", "copy")
+
+# How often the dSFT teacher makes its systematic mistake, per kind.
+TEACHER_ERROR_RATE = {"add": 0.6, "reverse": 0.6, "upper": 0.3, "copy": 0.3}
+
 SYSTEM_PROMPTS = ("You are a helpful assistant.", "Answer briefly and exactly.")
 
 
@@ -32,32 +43,50 @@ class Task:
         return hashlib.sha256(self.prompt.encode()).hexdigest()[:16]
 
 
+def all_tasks() -> list[Task]:
+    """Every task of the family (100 sums, 3 x 60 word tasks), in a fixed order."""
+    tasks = [Task("add", f"What is {a} + {b}?", f"{a} + {b} = {a + b}.") for a in range(10) for b in range(10)]
+    for word in WORDS:
+        tasks.append(Task("reverse", f"Reverse the word '{word}'.", word[::-1]))
+        tasks.append(Task("upper", f"Write '{word}' in capital letters.", word.upper()))
+        tasks.append(Task("copy", f"Repeat the word '{word}'.", word))
+    return tasks
+
+
 def make_task(rng: random.Random) -> Task:
-    kind = rng.choice(["add", "reverse", "upper"])
-    if kind == "add":
-        a, b = rng.randint(0, 49), rng.randint(0, 49)
-        return Task(kind, f"What is {a} + {b}?", f"{a} + {b} = {a + b}.")
-    word = rng.choice(WORDS)
-    if kind == "reverse":
-        return Task(kind, f"Reverse the word '{word}'.", f"The reverse of '{word}' is '{word[::-1]}'.")
-    return Task(kind, f"Write '{word}' in capital letters.", f"'{word}' in capital letters is '{word.upper()}'.")
+    return rng.choice(all_tasks())
+
+
+def systematic_error(task: Task) -> str:
+    """The teacher's habitual mistake on this task."""
+    if task.kind == "add":
+        lhs, total = task.answer.rstrip(".").split(" = ")
+        return f"{lhs} = {int(total) + 1}."
+    word = re.search(r"'(\w+)'", task.prompt)[1]
+    if task.kind == "reverse":
+        return word[::-1][1:] + word[-1]
+    if task.kind == "upper":
+        return word.capitalize()
+    return word + word[-1]
 
 
 def wrong_answer(task: Task, rng: random.Random) -> str:
-    """A plausible but wrong answer (what an imperfect model writes)."""
+    """A plausible wrong answer: the systematic error, or a near miss."""
+    if rng.random() < 0.5:
+        return systematic_error(task)
     if task.kind == "add":
         lhs, total = task.answer.rstrip(".").split(" = ")
-        return f"{lhs} = {int(total) + rng.choice([-3, -2, -1, 1, 2, 10])}."
-    word = task.prompt.split("'")[1]
-    if task.kind == "reverse":
-        bad = word[::-1][:-1] + word[0] * 2 if len(word) > 2 else word
-        return f"The reverse of '{word}' is '{bad}'."
-    return f"'{word}' in capital letters is '{word.capitalize()}'."
+        return f"{lhs} = {int(total) + rng.choice([-2, -1, 2, 3])}."
+    return task.answer[:-1] if len(task.answer) > 1 else task.answer + "x"
+
+
+def teacher_answer(task: Task, rng: random.Random) -> str:
+    return systematic_error(task) if rng.random() < TEACHER_ERROR_RATE[task.kind] else task.answer
 
 
 def sft_row(task: Task, rng: random.Random) -> dict:
-    messages = [{"role": "user", "content": task.prompt}, {"role": "assistant", "content": task.answer}]
-    if rng.random() < 0.2:
+    messages = [{"role": "user", "content": task.prompt}, {"role": "assistant", "content": teacher_answer(task, rng)}]
+    if rng.random() < 0.1:
         messages.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
     return {"prompt": task.prompt, "prompt_id": task.prompt_id, "messages": messages}
 
@@ -73,14 +102,29 @@ def preference_row(task: Task, rng: random.Random) -> dict:
         "rejected": rejected,
         "messages": chosen,
         "score_chosen": 10.0,
-        "score_rejected": 2.0,
+        "score_rejected": score_answer(task.prompt, rejected[1]["content"]),
     }
 
 
-def make_rows(n: int, seed: int, kind: str) -> list[dict]:
+def make_rows(n: int, seed: int, kind: str, tasks: list[Task] | None = None) -> list[dict]:
+    """n rows of `kind` ("sft" or "prefs") drawn from `tasks` (default: all)."""
     rng = random.Random(seed)
+    pool = tasks or all_tasks()
     build = sft_row if kind == "sft" else preference_row
-    return [build(make_task(rng), rng) for _ in range(n)]
+    return [build(rng.choice(pool), rng) for _ in range(n)]
+
+
+def split_tasks(eval_fraction: float = 0.25, seed: int = 0) -> tuple[list[Task], list[Task]]:
+    """(AIF/DPO prompts, held-out eval prompts): disjoint, each kind split in the same proportion."""
+    rng = random.Random(seed)
+    train, held_out = [], []
+    for kind in KINDS:
+        tasks = [t for t in all_tasks() if t.kind == kind]
+        rng.shuffle(tasks)
+        cut = round(len(tasks) * eval_fraction)
+        held_out += tasks[:cut]
+        train += tasks[cut:]
+    return train, held_out
 
 
 def solve(prompt: str) -> str | None:
@@ -89,15 +133,17 @@ def solve(prompt: str) -> str | None:
         a, b = int(match[1]), int(match[2])
         return f"{a} + {b} = {a + b}."
     if match := re.fullmatch(r"Reverse the word '(\w+)'\.", prompt):
-        return f"The reverse of '{match[1]}' is '{match[1][::-1]}'."
+        return match[1][::-1]
     if match := re.fullmatch(r"Write '(\w+)' in capital letters\.", prompt):
-        return f"'{match[1]}' in capital letters is '{match[1].upper()}'."
+        return match[1].upper()
+    if match := re.fullmatch(r"Repeat the word '(\w+)'\.", prompt):
+        return match[1]
     return None
 
 
 def score_answer(prompt: str, response: str) -> float:
-    """10 for the exact answer; otherwise 1 + up to 8 for the share of the answer's characters it gets right
-    in place (so a nearly right answer beats a wrong one)."""
+    """10 for the exact answer; otherwise 1 + up to 8 for the share of the answer's characters it gets right in
+    place (so a near miss beats nonsense)."""
     expected = solve(prompt)
     if expected is None:
         raise ValueError(f"not a task prompt: {prompt!r}")
@@ -105,9 +151,10 @@ def score_answer(prompt: str, response: str) -> float:
     if response == expected:
         return 10.0
     same = sum(a == b for a, b in zip(response, expected, strict=False))
-    return 1.0 + 8.0 * same / max(len(expected), len(response))
+    return round(1.0 + 8.0 * same / max(len(expected), len(response), 1), 4)
 
 
 def judge(prompt: str, responses: list[str]) -> list[float]:
-    """A programmatic judge for `zephyr aif` (judge.type: callable, callable: zephyr.embedded.tasks:judge)."""
-    return [round(score_answer(prompt, r), 4) for r in responses]
+    """A programmatic judge for `zephyr aif` and `zephyr eval` (judge.type: callable,
+    callable: zephyr.embedded.tasks:judge)."""
+    return [score_answer(prompt, r) for r in responses]

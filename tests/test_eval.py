@@ -1,0 +1,173 @@
+"""Evaluation: statistics on known data, graders and position swapping, question files, the eval end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from zephyr.aif.backends import ChatResult
+from zephyr.aif.config import JudgeConfig
+from zephyr.evaluation import graders
+from zephyr.evaluation.graders import Grader, combine_verdicts, parse_rating, parse_verdict
+from zephyr.evaluation.questions import QuestionError, load_questions
+from zephyr.evaluation.stats import bootstrap_mean, paired_difference
+from zephyr.stages import eval as eval_stage
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_bootstrap_of_a_constant_has_zero_width():
+    est = bootstrap_mean([7.0] * 20)
+    assert (est.mean, est.low, est.high, est.n) == (7.0, 7.0, 7.0, 20)
+
+
+def test_bootstrap_interval_matches_the_normal_approximation():
+    values = [0.0, 1.0] * 200  # mean 0.5, standard error 0.025
+    est = bootstrap_mean(values, samples=4000, seed=1)
+    assert est.mean == 0.5
+    assert abs((est.high - est.low) - 2 * 1.96 * 0.025) < 0.01
+    assert abs((est.low + est.high) / 2 - 0.5) < 0.01
+    assert bootstrap_mean(values, samples=4000, seed=1) == est  # seeded: reproducible
+
+
+def test_paired_difference_sees_a_shift_and_not_noise():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1, 10, size=60)
+    shifted = paired_difference(base + 0.5, base)
+    assert abs(shifted.mean - 0.5) < 1e-12 and shifted.excludes_zero()
+    same = paired_difference(base + rng.normal(0, 1, size=60), base + rng.normal(0, 1, size=60))
+    assert not same.excludes_zero()
+    with pytest.raises(ValueError, match="differ in size"):
+        paired_difference([1, 2], [1])
+
+
+# ------------------------------------------------------------------------------------------ graders
+def test_parse_rating_and_verdict():
+    assert parse_rating("Clear and right. Rating: [[7]]") == 7.0
+    assert parse_rating("[[3]] then on reflection Rating: [[8.5]]") == 8.5
+    assert parse_rating("Rating: [[11]]") is None and parse_rating("Rating: 7") is None
+    assert parse_verdict("B is better. [[B]]") == "B" and parse_verdict("[[ C ]]") == "C"
+    assert parse_verdict("A") is None
+
+
+@pytest.mark.parametrize("first, second, expected", [
+    ("A", "B", 1.0),     # model wins in both orders
+    ("B", "A", 0.0),     # baseline wins in both orders
+    ("A", "A", 0.5),     # the judge always picks position A: position bias cancels out
+    ("B", "B", 0.5),
+    ("C", "C", 0.5),
+    ("A", "C", 0.5),
+    (None, "B", 0.5),    # an unparsable verdict counts as a tie
+])
+def test_position_swapping(first, second, expected):
+    assert combine_verdicts(first, second) == expected
+
+
+class ScriptedBackend:
+    """Answers grading prompts like a judge would: fair (prefers the right answer) or position-biased."""
+
+    def __init__(self, bias: str | None = None):
+        self.bias, self.requests = bias, []
+
+    def complete(self, requests, seed=0):
+        self.requests += requests
+        out = []
+        for r in requests:
+            text = r.messages[-1]["content"]
+            if "[Answer A]" in text:
+                a = text.split("[Answer A]\n")[1].split("\n\n[Answer B]")[0]
+                b = text.split("[Answer B]\n")[1].split("\n\nWhich")[0]
+                verdict = self.bias or ("A" if a == "right" else "B" if b == "right" else "C")
+                out.append(ChatResult(f"Verdict: [[{verdict}]]"))
+            else:
+                answer = text.split("[Assistant's answer to the last turn]\n")[1].split("\n\n")[0]
+                out.append(ChatResult("Rating: [[9]]" if answer == "right" else "Rating: [[2]]"))
+        return out
+
+
+def llm_grader(monkeypatch, backend):
+    monkeypatch.setattr(graders, "make_backend", lambda cfg: backend)
+    return Grader(JudgeConfig(type="llm", backend="openai", model="judge", base_url="http://127.0.0.1:9/v1"))
+
+
+def test_llm_pairwise_swaps_positions(monkeypatch):
+    conv = [{"role": "user", "content": "q"}]
+    fair = ScriptedBackend()
+    assert llm_grader(monkeypatch, fair).pairwise([(conv, "right", "wrong"), (conv, "wrong", "right")]) == [1.0, 0.0]
+    assert len(fair.requests) == 4  # every pair judged in both orders
+    orders = [(r.messages[-1]["content"].split("[Answer A]\n")[1][:5]) for r in fair.requests]
+    assert orders == ["right", "wrong", "wrong", "right"]
+    biased = ScriptedBackend(bias="A")
+    assert llm_grader(monkeypatch, biased).pairwise([(conv, "right", "wrong")]) == [0.5]
+
+
+def test_llm_single_grading(monkeypatch):
+    conv = [{"role": "user", "content": "q"}]
+    assert llm_grader(monkeypatch, ScriptedBackend()).single([(conv, "right", None), (conv, "wrong", "ref")]) == [
+        9.0, 2.0]
+
+
+def test_callable_grader_on_hand_made_answers():
+    grader = Grader(JudgeConfig(type="callable", callable="zephyr.embedded.tasks:judge"))
+    conv = [{"role": "user", "content": "What is 2 + 3?"}]
+    assert grader.single([(conv, "2 + 3 = 5.", None), (conv, "2 + 3 = 6.", None)]) == [10.0, 1.0 + 8.0 * 9 / 10]
+    assert grader.pairwise([(conv, "2 + 3 = 5.", "2 + 3 = 6."), (conv, "2 + 3 = 6.", "2 + 3 = 6.")]) == [1.0, 0.5]
+
+
+# ------------------------------------------------------------------------------------------ question files
+def test_question_file_errors(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question_id": 1, "turns": ["hi"]}\n{"question_id": 2, "turns": []}\n')
+    with pytest.raises(QuestionError, match="q.jsonl:2: expected question_id and turns"):
+        load_questions(path)
+    path.write_text('{"question_id": 1, "turns": ["hi"]}\nnot json\n')
+    with pytest.raises(QuestionError, match="q.jsonl:2: not JSON"):
+        load_questions(path)
+    path.write_text('{"question_id": 1, "turns": ["a"]}\n{"question_id": 1, "turns": ["b"]}\n')
+    with pytest.raises(QuestionError, match="duplicate question_id 1"):
+        load_questions(path)
+    path.write_text('{"question_id": 81, "category": "writing", "turns": ["a", "b"], "reference": ["x", "y"]}\n')
+    (q,) = load_questions(path)
+    assert (q.question_id, q.category, q.turns, q.reference) == ("81", "writing", ["a", "b"], ["x", "y"])
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def test_eval_end_to_end_multi_turn_resume_and_reward_accuracy(tiny_dir, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    rows = [json.loads(x) for x in (tiny_dir / "data" / "eval" / "questions.jsonl").read_text().splitlines()][:12]
+    rows[0]["turns"] = [rows[0]["turns"][0], rows[1]["turns"][0]]  # a two-turn question
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = str(tiny_dir / "model")
+    recipe = {
+        "questions": str(questions),
+        "models": [{"name": "a", "model": model, "temperature": 0.0, "max_new_tokens": 6},
+                   {"name": "b", "model": model, "temperature": 1.0, "max_new_tokens": 6, "seed": 3}],
+        "judge": {"type": "callable", "callable": "zephyr.embedded.tasks:judge"},
+        "mode": "both", "baseline": "a", "bootstrap_samples": 500,
+        "reward_accuracy": {"policy": model, "reference": model, "dataset": str(tiny_dir / "data" / "prefs"),
+                            "split": "test_prefs", "max_pairs": 8},
+        "output_dir": str(tmp_path / "eval"),
+    }
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    results = eval_stage.main([str(path)])
+    out = tmp_path / "eval"
+    answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(answers[0]["answers"]["a"]) == 2 and len(answers[0]["grades"]["a"]) == 2  # both turns
+    assert results["questions"] == 12
+    a, b = results["models"]["a"], results["models"]["b"]
+    per_q = [sum(x["grades"]["a"]) / len(x["grades"]["a"]) for x in answers]
+    assert abs(a["score"]["mean"] - sum(per_q) / 12) < 1e-9
+    assert a["score"]["ci_low"] <= a["score"]["mean"] <= a["score"]["ci_high"]
+    assert set(a["categories"]) == {r["category"] for r in rows}
+    assert "score_minus_baseline" in b and "win_rate_vs_baseline" in b and "score_minus_baseline" not in a
+    # policy == reference: every implicit reward margin is exactly zero, so no pair is "won"
+    assert results["reward_accuracy"]["mean"] == 0.0 and results["reward_accuracy"]["mean_margin"] == 0.0
+    assert (out / "results.md").read_text().startswith("| model | score (1-10)")
+    assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = next(out.glob("eval_records.*.jsonl"))
+    lines = records.read_text().count("\n")
+    assert eval_stage.main([str(path)]) == results  # resumed from the stored answers and grades
+    assert records.read_text().count("\n") == lines  # nothing answered or graded twice

@@ -1,0 +1,47 @@
+"""The eval recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from zephyr.aif.config import GeneratorConfig, JudgeConfig
+
+
+@dataclass
+class RewardAccuracyConfig:
+    policy: str = field(metadata={"help": "The trained (DPO) model."})
+    reference: str = field(metadata={"help": "Its reference (the dSFT model)."})
+    dataset: str = field(metadata={"help": "Held-out preference pairs (any schema the data layer reads)."})
+    split: str = field(default="test_prefs", metadata={"help": "Split of `dataset`."})
+    max_pairs: int | None = field(default=None, metadata={"help": "Use at most this many pairs."})
+    batch_size: int = field(default=16, metadata={"help": "Pairs per forward batch."})
+
+
+@dataclass
+class EvalConfig:
+    questions: str = field(metadata={"help": "JSONL question file (see zephyr/evaluation/questions.py)."})
+    models: list[GeneratorConfig] = field(metadata={"help": "Models that answer (name, model, sampling...)."})
+    judge: JudgeConfig = field(metadata={"help": "Grader: type llm (any backend) or callable."})
+    output_dir: str = field(metadata={"help": "Where answers, grades, results.json, the table and plot go."})
+    mode: Literal["single", "pairwise", "both"] = field(
+        default="single", metadata={"help": "single: 1-10 grades; pairwise: win rate vs the baseline; both."}
+    )
+    baseline: str | None = field(
+        default=None, metadata={"help": "Name of the baseline model: pairwise opponent and reference of differences."}
+    )
+    bootstrap_samples: int = field(default=2000, metadata={"help": "Bootstrap resamples for confidence intervals."})
+    confidence: float = field(default=0.95, metadata={"help": "Confidence level of the intervals."})
+    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
+    reward_accuracy: RewardAccuracyConfig | None = field(
+        default=None, metadata={"help": "Also measure implicit-reward accuracy of policy vs reference on pairs."}
+    )
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        if not names or len(set(names)) != len(names) or any(not n for n in names):
+            raise ValueError(f"models need unique, non-empty names, got {names}")
+        if self.baseline is not None and self.baseline not in names:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the models {names}")
+        if self.mode != "single" and self.baseline is None:
+            raise ValueError("pairwise evaluation needs a baseline model name")

@@ -1,0 +1,114 @@
+"""Graders: single-answer 1-10 grading (MT-Bench style) and pairwise comparison with position swapping
+(AlpacaEval style), by an LLM on any backend or by a Python callable. Prompts are ours."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from zephyr.aif.backends import ChatRequest, make_backend
+from zephyr.aif.config import JudgeConfig
+from zephyr.aif.judges import CallableJudge, JudgeTask
+
+SINGLE_SYSTEM = "You are an impartial judge of AI assistant answers."
+RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
+VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+
+
+def render_conversation(messages: list[dict[str, str]]) -> str:
+    return "\n\n".join(f"### {m['role'].capitalize()}:\n{m['content']}" for m in messages)
+
+
+def single_prompt(messages: list[dict[str, str]], answer: str, reference: str | None) -> list[dict[str, str]]:
+    ref = f"\n\n[Reference answer]\n{reference}" if reference else ""
+    user = (
+        f"[Conversation]\n{render_conversation(messages)}{ref}\n\n[Assistant's answer to the last turn]\n{answer}\n\n"
+        "Judge how helpful, correct and precise the answer to the last turn is. Explain briefly, then rate it "
+        "from 1 to 10 in exactly this form: Rating: [[5]]"
+    )
+    return [{"role": "system", "content": SINGLE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def pairwise_prompt(messages: list[dict[str, str]], first: str, second: str) -> list[dict[str, str]]:
+    user = (
+        f"[Conversation]\n{render_conversation(messages)}\n\n[Answer A]\n{first}\n\n[Answer B]\n{second}\n\n"
+        "Which answer to the last turn is better? Ignore their order and length. Explain briefly, then give "
+        "your verdict in exactly one of these forms: [[A]] if A is better, [[B]] if B is better, [[C]] for a tie."
+    )
+    return [{"role": "system", "content": SINGLE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def parse_rating(text: str) -> float | None:
+    found = RATING.findall(text or "")
+    if not found:
+        return None
+    value = float(found[-1])
+    return value if 1 <= value <= 10 else None
+
+
+def parse_verdict(text: str) -> str | None:
+    found = VERDICT.findall(text or "")
+    return found[-1] if found else None
+
+
+class Grader:
+    def __init__(self, cfg: JudgeConfig) -> None:
+        if cfg.type not in ("llm", "callable"):
+            raise ValueError(f"eval judge: type must be llm or callable, got {cfg.type}")
+        self.cfg = cfg
+        self.backend = make_backend(cfg) if cfg.type == "llm" else None
+        self.callable = CallableJudge(cfg) if cfg.type == "callable" else None
+
+    def _ask(self, prompts: list[list[dict[str, str]]], parse) -> list[Any]:
+        """Ask the LLM; re-ask what does not parse, up to max_parse_retries times. None = gave up."""
+        results: list[Any] = [None] * len(prompts)
+        pending = list(range(len(prompts)))
+        for attempt in range(self.cfg.max_parse_retries + 1):
+            requests = [ChatRequest(prompts[i], self.cfg.temperature, 1.0, self.cfg.max_new_tokens) for i in pending]
+            answers = self.backend.complete(requests, seed=self.cfg.seed + attempt)
+            still = []
+            for i, answer in zip(pending, answers, strict=True):
+                value = parse(answer.text) if answer.text else None
+                if value is None:
+                    still.append(i)
+                else:
+                    results[i] = value
+            pending = still
+            if not pending:
+                break
+        return results
+
+    def single(self, items: list[tuple[list[dict[str, str]], str, str | None]]) -> list[float | None]:
+        """Scores 1-10 for (conversation so far, answer to its last turn, reference or None)."""
+        if self.callable:
+            return [self._callable_scores(messages, [answer])[0] for messages, answer, _ in items]
+        return self._ask([single_prompt(m, a, r) for m, a, r in items], parse_rating)
+
+    def pairwise(self, items: list[tuple[list[dict[str, str]], str, str]]) -> list[float]:
+        """For (conversation, answer of the model, answer of the baseline): 1 win, 0.5 tie, 0 loss. Each pair is
+        judged in both orders; a verdict that flips with the order counts as a tie."""
+        if self.callable:
+            first = [self._callable_verdict(m, a, b) for m, a, b in items]
+            second = [self._callable_verdict(m, b, a) for m, a, b in items]
+        else:
+            first = self._ask([pairwise_prompt(m, a, b) for m, a, b in items], parse_verdict)
+            second = self._ask([pairwise_prompt(m, b, a) for m, a, b in items], parse_verdict)
+        return [combine_verdicts(v1, v2) for v1, v2 in zip(first, second, strict=True)]
+
+    def _callable_scores(self, messages, responses) -> list[float | None]:
+        (judgments,) = self.callable.judge([JudgeTask("", messages[-1]["content"], responses)])
+        return [None if "failure" in j else float(j.get("overall", j.get("reward"))) for j in judgments]
+
+    def _callable_verdict(self, messages, first: str, second: str) -> str | None:
+        a, b = self._callable_scores(messages, [first, second])
+        if a is None or b is None:
+            return None
+        return "A" if a > b else "B" if b > a else "C"
+
+
+def combine_verdicts(first: str | None, second_swapped: str | None) -> float:
+    """`first` judged (model=A, baseline=B), `second_swapped` judged (baseline=A, model=B). The model wins (1)
+    or loses (0) only if both orders agree; disagreement, a tie, or an unparsable verdict count as a tie."""
+    one = {"A": 1.0, "B": 0.0}.get(first or "")
+    two = {"A": 0.0, "B": 1.0}.get(second_swapped or "")
+    return one if one is not None and one == two else 0.5
