@@ -16,9 +16,9 @@ import logging
 import sys
 from collections.abc import Callable
 
+from zephyr.aif.store import StoreError
 from zephyr.data.loading import DataError
 from zephyr.data.schemas import RowError
-from zephyr.aif.store import StoreError
 from zephyr.evaluation.questions import QuestionError
 from zephyr.recipe import RecipeError
 
