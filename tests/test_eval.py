@@ -112,7 +112,7 @@ def test_llm_single_grading(monkeypatch):
 def test_callable_grader_on_hand_made_answers():
     grader = Grader(JudgeConfig(type="callable", callable="zephyr.embedded.tasks:judge"))
     conv = [{"role": "user", "content": "What is 2 + 3?"}]
-    assert grader.single([(conv, "2 + 3 = 5.", None), (conv, "2 + 3 = 6.", None)]) == [10.0, 1.0 + 8.0 * 9 / 10]
+    assert grader.single([(conv, "2 + 3 = 5.", None), (conv, "2 + 3 = 6.", None)]) == [10.0, 1.0 + 4.0 * 9 / 10]
     assert grader.pairwise([(conv, "2 + 3 = 5.", "2 + 3 = 6."), (conv, "2 + 3 = 6.", "2 + 3 = 6.")]) == [1.0, 0.5]
 
 

@@ -13,7 +13,7 @@ and `${seed}` in override values are replaced by the pipeline's values, so one f
       eval: {recipe: recipes/tiny/eval.yaml, overrides: {...}}
 
 A stage that finished writes `zephyr_stage.json` (with a hash of its resolved recipe) into its output folder
-and is skipped on the next run while the recipe is unchanged. `--from STAGE` reruns that stage and the ones
+and is skipped on the next run while its recipe is unchanged and no stage before it finished later. `--from STAGE` reruns that stage and the ones
 after it; `--only STAGE` runs just one. A stage interrupted midway resumes: training from its last
 checkpoint, AIF and eval from their record stores.
 """
@@ -96,14 +96,19 @@ def stage_output(name: str, stage: dict[str, Any], variables: dict[str, Any]) ->
     return Path(out)
 
 
-def is_done(folder: Path, digest: str) -> bool:
+def finished_at(folder: Path, digest: str) -> float | None:
+    """When the stage in `folder` finished with this recipe hash, or None if it has not."""
     marker = folder / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("hash") == digest
+    if not marker.is_file():
+        return None
+    data = json.loads(marker.read_text())
+    return data.get("finished_at") if data.get("hash") == digest else None
 
 
 def mark_done(folder: Path, name: str, digest: str, seconds: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MARKER).write_text(json.dumps({"stage": name, "hash": digest, "seconds": round(seconds, 1),
+                                             "finished_at": time.time(),
                                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
 
 
@@ -135,22 +140,51 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
             raise RecipeError(f"{flag} {value}: not a stage of this pipeline (stages: {order})")
     forced = set(order[order.index(start):]) if start else {only} if only else set()
     timings = {}
+    inputs_time = 0.0  # when the newest earlier stage finished: a stage older than its inputs is stale
     for name in order:
-        if only and name != only:
-            continue
         stage = stages[name]
         digest = stage_hash(stage)
         folder = stage_output(name, stage, spec["vars"])
-        if name not in forced and is_done(folder, digest):
+        done = finished_at(folder, digest)
+        if only and name != only:
+            inputs_time = max(inputs_time, done or 0.0)
+            continue
+        if name not in forced and done is not None and done >= inputs_time:
             logger.info("stage %s: already complete in %s (skipped; --from %s reruns it)", name, folder, name)
+            inputs_time = done
             continue
         logger.info("stage %s: starting (outputs in %s)", name, folder)
         t0 = time.time()
         run_stage(name, stage, force=name in forced)
         timings[name] = time.time() - t0
         mark_done(folder, name, digest, timings[name])
+        inputs_time = time.time()
         logger.info("stage %s: done in %.1fs", name, timings[name])
+    lines = [f"  {name:<10} {timings.get(name, 0):7.1f}s  {stage_output(name, stages[name], spec['vars'])}  "
+             f"{key_metrics(name, stage_output(name, stages[name], spec['vars']))}" for name in order]
+    logger.info("pipeline summary (stage, seconds this run, outputs, key metrics):\n%s", "\n".join(lines))
     return {"root": spec["vars"]["root"], "seed": spec["vars"]["seed"], "seconds": timings}
+
+
+def key_metrics(name: str, folder: Path) -> str:
+    """One line of the numbers that matter for a finished stage, read from what it wrote."""
+    def read(file: str) -> dict[str, Any]:
+        path = folder / file
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    if name in ("sft", "dpo"):
+        r = read("all_results.json")
+        keys = ("train_loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins",
+                "train_tokens_per_second")
+        return ", ".join(f"{k} {r[k]:.3g}" for k in keys if k in r)
+    if name == "aif":
+        r = read("summary.json")
+        return f"{r.get('pairs', 0)} pairs from {r.get('prompts', 0)} prompts, dropped {r.get('dropped') or 'none'}"
+    if name == "eval":
+        r = read("results.json")
+        return "; ".join(f"{m} {e['score']['mean']:.2f} [{e['score']['ci_low']:.2f}, {e['score']['ci_high']:.2f}]"
+                         for m, e in r.get("models", {}).items() if "score" in e)
+    return ""
 
 
 def main(argv: list[str]) -> dict[str, Any]:

@@ -107,8 +107,16 @@ def completion_key(prompt_id: str, gen: GeneratorConfig, sample: int) -> str:
     return f"{prompt_id}|{gen.name}|{sample}|{gen.settings_hash()}"
 
 
+def sample_id(key: str) -> str:
+    """prompt id | generator | sample index: what a sample *is*, without where its model lives."""
+    return key.rsplit("|", 1)[0]
+
+
 def content_seed(base: int, keys: list[str]) -> int:
-    return base + int(hashlib.sha256("\n".join(keys).encode()).hexdigest()[:8], 16)
+    """A batch's sampling seed, from what it contains (not from model paths: the same recipe under another
+    output root samples the same answers)."""
+    ids = "\n".join(sample_id(k) for k in keys)
+    return base + int(hashlib.sha256(ids.encode()).hexdigest()[:8], 16)
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -155,7 +163,8 @@ class AIFRun:
         keys = [completion_key(p.id, gen, s) for p, s in batch]
         requests, principles = [], []
         for (p, _), key in zip(batch, keys, strict=True):
-            principle = random.Random(f"{gen.seed}:{key}").choice(gen.principles) if gen.principles else None
+            rng = random.Random(f"{gen.seed}:{sample_id(key)}")
+            principle = rng.choice(gen.principles) if gen.principles else None
             messages = ([{"role": "system", "content": principle}] if principle else []) + [
                 {"role": "user", "content": p.text}]
             requests.append(ChatRequest(messages, gen.temperature, gen.top_p, gen.max_new_tokens))

@@ -142,8 +142,8 @@ def solve(prompt: str) -> str | None:
 
 
 def score_answer(prompt: str, response: str) -> float:
-    """10 for the exact answer; otherwise 1 + up to 8 for the share of the answer's characters it gets right in
-    place (so a near miss beats nonsense)."""
+    """10 for the exact answer; any other answer 1 to 5, by the share of the answer's characters it gets right
+    in place: a near miss beats nonsense, but nothing comes close to being right."""
     expected = solve(prompt)
     if expected is None:
         raise ValueError(f"not a task prompt: {prompt!r}")
@@ -151,7 +151,7 @@ def score_answer(prompt: str, response: str) -> float:
     if response == expected:
         return 10.0
     same = sum(a == b for a, b in zip(response, expected, strict=False))
-    return round(1.0 + 8.0 * same / max(len(expected), len(response), 1), 4)
+    return round(1.0 + 4.0 * same / max(len(expected), len(response), 1), 4)
 
 
 def judge(prompt: str, responses: list[str]) -> list[float]:

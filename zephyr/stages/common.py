@@ -109,8 +109,12 @@ def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ..
     set_seed(training_args.seed)
 
     trainer, tokenizer, report = build_trainer(model_args, data_args, training_args)
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    checkpoint = resume_checkpoint(training_args)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = {**result.metrics, "train_samples": report.train_rows}
+    tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
+    if tokens and metrics.get("train_runtime") and checkpoint is None:  # after a resume the count spans both runs
+        metrics["train_tokens_per_second"] = tokens / metrics["train_runtime"]
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
     trainer.save_model(training_args.output_dir)

@@ -1,0 +1,141 @@
+"""`zephyr run`: every stage in order, skip what is complete, --from/--only, and resume after a kill -9
+(inside a stage and between stages) to the same outputs as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from zephyr.pipeline import MARKER, run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The shipped tiny pipeline, shortened: a smaller model, fewer rows, steps and prompts.
+SHORTEN = {
+    "sft": {"max_train_samples": 256, "num_train_epochs": 2, "per_device_train_batch_size": 32,
+            "save_strategy": "steps", "save_steps": 4, "save_total_limit": 2, "eval_strategy": "no",
+            "logging_steps": 1},
+    "aif": {"prompts.max_prompts": 24, "generators.0.num_completions": 2, "generators.0.batch_size": 16,
+            "generators.1.batch_size": 16},
+    "dpo": {"num_train_epochs": 1, "per_device_train_batch_size": 4, "eval_strategy": "no", "logging_steps": 1},
+    "eval": {"bootstrap_samples": 200, "reward_accuracy.max_pairs": 4},
+}
+
+
+def short_pipeline(tmp_path: Path) -> Path:
+    spec = yaml.safe_load((REPO / "recipes" / "tiny" / "pipeline.yaml").read_text())
+    spec["tiny_model"]["hidden_size"] = 32
+    for name, stage in spec["stages"].items():
+        stage["recipe"] = str(REPO / stage["recipe"])
+        stage["overrides"].update(SHORTEN[name])
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run_cli(pipeline: Path, root: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # same maths in every process
+    return subprocess.Popen([sys.executable, "-m", "zephyr.cli", "run", str(pipeline), "--root", str(root), *extra],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def outputs(root: Path) -> dict:
+    """What a finished run produced, in comparable form."""
+    results = json.loads((root / "eval" / "results.json").read_text())
+    return {
+        "sft": load_file(root / "sft" / "model.safetensors"),
+        "dpo": load_file(root / "dpo" / "model.safetensors"),
+        "pairs": datasets.load_dataset(str(root / "aif"), split="train_prefs").to_list(),
+        "scores": {name: m["score"]["mean"] for name, m in results["models"].items()},
+    }
+
+
+def assert_same(a: dict, b: dict) -> None:
+    for model in ("sft", "dpo"):
+        assert a[model].keys() == b[model].keys()
+        for k in a[model]:
+            torch.testing.assert_close(a[model][k], b[model][k], atol=1e-6, rtol=0)
+    assert a["pairs"] == b["pairs"]
+    assert a["scores"] == b["scores"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run of the shortened pipeline, in a subprocess."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    pipeline = short_pipeline(tmp)
+    root = tmp / "uninterrupted"
+    log = finish(run_cli(pipeline, root))
+    return pipeline, root, log
+
+
+def test_every_stage_runs_in_order_and_writes_its_outputs(reference):
+    _, root, log = reference
+    order = [line.split("stage ")[1].split(":")[0] for line in log.splitlines() if ": starting" in line]
+    assert order == ["tiny_model", "sft", "aif", "dpo", "eval"]
+    for folder in ("", "sft", "aif", "dpo", "eval"):
+        assert json.loads((root / folder / MARKER).read_text())["hash"]
+    results = json.loads((root / "eval" / "results.json").read_text())
+    assert set(results["models"]) == {"sft", "dpo"} and "reward_accuracy" in results
+    assert (root / "eval" / "scores.png").is_file() and (root / "eval" / "results.md").is_file()
+
+
+def test_rerun_skips_complete_stages_and_from_only_rerun_parts(reference, tmp_path):
+    pipeline, _, _ = reference
+    work = tmp_path / "run"
+    assert list(run_pipeline(pipeline, root=str(work))["seconds"]) == ["tiny_model", "sft", "aif", "dpo", "eval"]
+    assert run_pipeline(pipeline, root=str(work))["seconds"] == {}  # everything complete: nothing runs
+    assert set(run_pipeline(pipeline, root=str(work), start="dpo")["seconds"]) == {"dpo", "eval"}
+    assert set(run_pipeline(pipeline, root=str(work), only="aif")["seconds"]) == {"aif"}
+    # aif ran again, so what follows it is stale: the next plain run redoes dpo and eval, not sft
+    assert set(run_pipeline(pipeline, root=str(work))["seconds"]) == {"dpo", "eval"}
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    start = time.time()
+    while not predicate():
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        assert time.time() - start < timeout
+        time.sleep(0.05)
+
+
+def test_kill_inside_a_stage_then_rerun_gives_the_same_outputs(reference, tmp_path):
+    pipeline, ref_root, _ = reference
+    root = tmp_path / "killed"
+    proc = run_cli(pipeline, root)
+    wait_for(lambda: any((root / "sft").glob("checkpoint-*/trainer_state.json")), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (root / "sft" / MARKER).exists()  # killed inside dSFT
+    log = finish(run_cli(pipeline, root))
+    assert "resuming from" in log and "stage tiny_model: already complete" in log
+    assert_same(outputs(root), outputs(ref_root))
+
+
+def test_kill_between_stages_then_rerun_skips_what_is_done(reference, tmp_path):
+    pipeline, ref_root, _ = reference
+    root = tmp_path / "killed_between"
+    proc = run_cli(pipeline, root)
+    wait_for(lambda: (root / "aif" / MARKER).exists(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    log = finish(run_cli(pipeline, root))
+    assert "stage sft: already complete" in log and "stage aif: already complete" in log
+    assert_same(outputs(root), outputs(ref_root))
