@@ -193,3 +193,55 @@ def test_store_refuses_a_corrupt_middle_line(tmp_path):
     path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n')
     with pytest.raises(StoreError, match="s.jsonl:2"):
         RecordStore(path)
+
+
+# ------------------------------------------------------------------------------------------ LLM judge
+class RubricBackend:
+    """Stands in for the judge's endpoint: rates the answer "right" 5 on every aspect, anything else 2, and
+    gives critique scores 9 / 3. Records what it was shown."""
+
+    def __init__(self):
+        self.requests = []
+
+    def complete(self, requests, seed=0):
+        from zephyr.aif.backends import ChatResult
+
+        self.requests += requests
+        out = []
+        for r in requests:
+            text = r.messages[-1]["content"]
+            if "Overall score" in text:
+                answer = text.split("Answer:\n")[1].split("\n\n")[0]
+                out.append(ChatResult(f"Critique: fine.\nOverall score: {9 if answer == 'right' else 3}"))
+                continue
+            blocks = []
+            for i in range(1, text.count("</answer ") + 1):
+                answer = text.split(f"<answer {i}>\n")[1].split(f"\n</answer {i}>")[0]
+                k = 5 if answer == "right" else 2
+                blocks.append(f"### Answer {i}\n" + "\n".join(
+                    f"{a}: {k}\nRationale: because {answer}." for a in
+                    ("Instruction following", "Honesty", "Truthfulness", "Helpfulness")))
+            out.append(ChatResult("\n".join(blocks)))
+        return out
+
+
+def test_llm_judge_shuffles_maps_back_and_adds_overall_scores(monkeypatch):
+    from zephyr.aif import judges
+    from zephyr.aif.config import JudgeConfig
+
+    backend = RubricBackend()
+    monkeypatch.setattr(judges, "make_backend", lambda cfg: backend)
+    judge = judges.LLMJudge(JudgeConfig(type="llm", backend="openai", model="j", overall_score=True))
+    tasks = [judges.JudgeTask(f"p{i}", "q", ["wrong", "right", "also wrong"]) for i in range(8)]
+    results = judge.judge(tasks)
+    for judgments in results:
+        assert [j["ratings"]["helpfulness"] for j in judgments] == [2.0, 5.0, 2.0]  # mapped back to its answer
+        assert judgments[1]["rationales"]["honesty"] == "because right."
+        assert [j["overall"] for j in judgments] == [3.0, 9.0, 3.0] and judgments[1]["critique"] == "fine."
+    shown = [r.messages[-1]["content"] for r in backend.requests if "<answer 1>" in r.messages[-1]["content"]]
+    first_shown = {s.split("<answer 1>\n")[1].split("\n")[0] for s in shown}
+    assert first_shown == {"wrong", "right", "also wrong"}  # the order shown differs between prompts
+    row, _ = binarize_prompt("q", "p0", [Candidate(a, "m", j) for a, j in zip(tasks[0].responses, results[0],
+                                                                                 strict=True)],
+                             BinarizationConfig(score="overall", rejected="lowest"))
+    assert row["chosen"][1]["content"] == "right" and row["score_chosen"] == 9.0
