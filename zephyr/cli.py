@@ -1,9 +1,9 @@
 """The `zephyr` command: one subcommand per stage, plus tools.
 
     zephyr run PIPELINE.yaml|DIR [--from STAGE | --only STAGE] [--seed N] [--root DIR]
-    zephyr sft RECIPE.yaml [--key value | key=value ...]
+    zephyr sft RECIPE.yaml [--key value | key=value ...] [--accelerate-config CFG]
     zephyr aif RECIPE.yaml [overrides] [--shard i/n] [--rebinarize]
-    zephyr dpo RECIPE.yaml [overrides]
+    zephyr dpo RECIPE.yaml [overrides] [--accelerate-config CFG]
     zephyr eval RECIPE.yaml [overrides]
     zephyr tiny-model [--output-dir DIR] [--tokenizer bpe|mistral]
     zephyr merge ADAPTER_DIR OUTPUT_DIR [--base MODEL]
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from zephyr.aif.store import StoreError
 from zephyr.data.loading import DataError
@@ -22,7 +24,40 @@ from zephyr.data.schemas import RowError
 from zephyr.evaluation.questions import QuestionError
 from zephyr.recipe import RecipeError
 
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 USER_ERRORS = (RecipeError, DataError, RowError, FileNotFoundError, QuestionError, StoreError)
+
+
+def accelerate_config_path(name: str) -> Path:
+    """A config file path, or the name of one in accelerate_configs/ (`zero3` -> accelerate_configs/zero3.yaml)."""
+    for candidate in (Path(name), Path("accelerate_configs") / name, Path("accelerate_configs") / f"{name}.yaml",
+                      REPO_CONFIGS / name, REPO_CONFIGS / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(p.stem for p in REPO_CONFIGS.glob("*.yaml"))
+    raise FileNotFoundError(f"accelerate config {name!r} not found (shipped: {shipped})")
+
+
+def relaunch_with_accelerate(command: str, argv: list[str]) -> int | None:
+    """`zephyr sft --accelerate-config zero3 ...` is `accelerate launch --config_file
+    accelerate_configs/zero3.yaml -m zephyr.cli sft ...`: the same launch, without typing it."""
+    if "--accelerate-config" not in argv and not any(a.startswith("--accelerate-config=") for a in argv):
+        return None
+    rest, config = [], None
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--accelerate-config":
+            config, i = argv[i + 1] if i + 1 < len(argv) else "", i + 2
+            continue
+        if argv[i].startswith("--accelerate-config="):
+            config = argv[i].split("=", 1)[1]
+        else:
+            rest.append(argv[i])
+        i += 1
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(config)),
+           "-m", "zephyr.cli", command, *rest]
+    print("zephyr: running " + " ".join(cmd[2:]), file=sys.stderr)
+    return subprocess.call(cmd)
 
 
 def run_stage(stage_main: Callable[[list[str]], object], argv: list[str]) -> int:
@@ -110,10 +145,15 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 }
 
 
+LAUNCHABLE = ("sft", "dpo")  # training stages: `--accelerate-config CFG` launches them on several processes
+
+
 def usage() -> str:
     lines = ["usage: zephyr COMMAND [args]", "", "commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Overrides: --key value, --key=value or key=value; they win over the recipe."]
+    lines += ["", "Overrides: --key value, --key=value or key=value; they win over the recipe.",
+              "sft and dpo take --accelerate-config CFG (a file, or a name in accelerate_configs/: multi_gpu,",
+              "zero2, zero3, zero3_offload, fsdp, cpu_2proc) to run under `accelerate launch`."]
     return "\n".join(lines)
 
 
@@ -135,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"zephyr: unknown command '{argv[0]}'{hint}\n\n{usage()}", file=sys.stderr)
         return 2
+    if argv[0] in LAUNCHABLE:
+        try:
+            code = relaunch_with_accelerate(argv[0], argv[1:])
+        except FileNotFoundError as err:
+            print(f"zephyr: error: {err}", file=sys.stderr)
+            return 2
+        if code is not None:
+            return code
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     return command[0](argv[1:])
