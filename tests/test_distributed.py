@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from zephyr.cli import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,10 +30,18 @@ def stage_args(stage: str, tiny: Path, out: Path, per_device: int) -> list[str]:
     ]
 
 
-def launch(stage: str, tiny: Path, out: Path, processes: int) -> dict:
-    """Global batch 8 either way: 1 process x 8, or 2 processes x 4."""
-    extra = ["--accelerate-config", "cpu_2proc"] if processes == 2 else []
-    cmd = [sys.executable, "-m", "zephyr.cli", stage, *stage_args(stage, tiny, out, 8 // processes), *extra]
+def launch(stage: str, tiny: Path, out: Path, backend: str) -> dict:
+    """Global batch 8 either way: 1 process x 8, or 2 processes x 4 (DDP, DeepSpeed ZeRO-2 or ZeRO-3)."""
+    processes = 1 if backend == "single" else 2
+    args = stage_args(stage, tiny, out, 8 // processes)
+    if backend == "single":
+        cmd = [sys.executable, "-m", "zephyr.cli", stage, *args]
+    elif backend == "ddp":  # the zephyr shortcut for `accelerate launch --config_file ...`
+        cmd = [sys.executable, "-m", "zephyr.cli", stage, *args, "--accelerate-config", "cpu_2proc"]
+    else:  # the shipped GPU configs, with the process count and precision set for this CPU machine
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "accelerate_configs" / f"{backend}.yaml"), "--num_processes", "2",
+               "--mixed_precision", "no", "--main_process_port", str(free_port()), "-m", "zephyr.cli", stage, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -39,15 +50,33 @@ def launch(stage: str, tiny: Path, out: Path, processes: int) -> dict:
             "weights": load_file(out / "model.safetensors")}
 
 
+@pytest.fixture(scope="module")
+def single(tiny_dir, tmp_path_factory):
+    runs = {}
+
+    def get(stage):
+        if stage not in runs:
+            runs[stage] = launch(stage, tiny_dir, tmp_path_factory.mktemp(f"single_{stage}"), "single")
+        return runs[stage]
+
+    return get
+
+
+BACKENDS = ["ddp"] + (["zero2", "zero3"] if importlib.util.find_spec("deepspeed") else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
-def test_two_processes_match_one_with_the_same_global_batch(stage, tiny_dir, tmp_path):
-    one = launch(stage, tiny_dir, tmp_path / "one", processes=1)
-    two = launch(stage, tiny_dir, tmp_path / "two", processes=2)
-    assert "accelerate.commands.launch --config_file" in two["log"]  # really went through accelerate launch
+def test_two_processes_match_one_with_the_same_global_batch(stage, backend, single, tiny_dir, tmp_path):
+    one = single(stage)
+    two = launch(stage, tiny_dir, tmp_path / "two", backend)
+    if backend == "ddp":
+        assert "accelerate.commands.launch --config_file" in two["log"]  # really went through accelerate launch
     assert two["log"].count(f"{'dSFT' if stage == 'sft' else 'dDPO'} done") == 1  # only rank 0 reports
     assert len(one["losses"]) == len(two["losses"]) == 4
     assert one["losses"][0] != one["losses"][-1]
     for a, b in zip(one["losses"], two["losses"], strict=True):
         assert abs(a - b) < 1e-4, (one["losses"], two["losses"])
+    assert one["weights"].keys() == two["weights"].keys()
     for k, v in one["weights"].items():
         torch.testing.assert_close(two["weights"][k], v, atol=1e-5, rtol=0)

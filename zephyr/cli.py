@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 from zephyr.aif.store import StoreError
 from zephyr.data.loading import DataError
@@ -54,10 +57,20 @@ def relaunch_with_accelerate(command: str, argv: list[str]) -> int | None:
         else:
             rest.append(argv[i])
         i += 1
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(config)),
-           "-m", "zephyr.cli", command, *rest]
+    path = accelerate_config_path(config)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path)]
+    settings = yaml.safe_load(path.read_text()) or {}
+    if settings.get("num_machines", 1) == 1 and "main_process_port" not in settings:
+        cmd += ["--main_process_port", str(free_port())]  # two jobs on one machine must not share 29500
+    cmd += ["-m", "zephyr.cli", command, *rest]
     print("zephyr: running " + " ".join(cmd[2:]), file=sys.stderr)
     return subprocess.call(cmd)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_stage(stage_main: Callable[[list[str]], object], argv: list[str]) -> int:
