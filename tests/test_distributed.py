@@ -80,3 +80,26 @@ def test_two_processes_match_one_with_the_same_global_batch(stage, backend, sing
     assert one["weights"].keys() == two["weights"].keys()
     for k, v in one["weights"].items():
         torch.testing.assert_close(two["weights"][k], v, atol=1e-5, rtol=0)
+
+
+def test_slurm_launcher_runs_a_stage(tiny_dir, tmp_path):
+    """scripts/launch_slurm.sh with stand-ins for srun and scontrol (one node, two CPU processes)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\necho 127.0.0.1\n")
+    # srun drops its own options and runs the command as node rank 0
+    (bin_dir / "srun").write_text('#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
+                                  'SLURM_PROCID=0 exec "$@"\n')
+    for f in ("scontrol", "srun"):
+        (bin_dir / f).chmod(0o755)
+    out = tmp_path / "slurm_dpo"
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node1", "GPUS_PER_NODE": "2", "OMP_NUM_THREADS": "1",
+           "MASTER_PORT": str(free_port())}
+    proc = subprocess.run(["bash", "scripts/launch_slurm.sh", "dpo", str(REPO / "recipes" / "tiny" / "dpo.yaml"),
+                           "cpu_2proc", *stage_args("dpo", tiny_dir, out, 4)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "dpo on 1 node(s) x 2 processes" in proc.stdout
+    assert len([h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]) == 4
+    assert (out / "model.safetensors").is_file()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Multi-node launch of a zephyr training stage on Slurm: one `accelerate launch` per node, rendezvous on the
+# first node. Every node must see the same repository and output folder (a shared filesystem).
+#
+#   sbatch --nodes=2 scripts/launch_slurm.sh dpo recipes/zephyr-7b-beta/dpo/config_full.yaml zero3 [overrides...]
+#
+# STAGE: sft or dpo. CONFIG: a file or a name in accelerate_configs/. GPUS_PER_NODE (default 8) sets the process
+# count: the global batch is per_device_train_batch_size x gradient_accumulation_steps x nodes x GPUS_PER_NODE,
+# all taken from the recipe (the DeepSpeed section of the accelerate config leaves them to it, so they cannot
+# disagree). Only rank 0 writes the final model, metrics and dashboard logs.
+#SBATCH --job-name=zephyr
+#SBATCH --ntasks-per-node=1
+#SBATCH --gres=gpu:8
+#SBATCH --exclusive
+#SBATCH --output=logs/%x-%j.out
+set -euo pipefail
+
+if [ $# -lt 3 ]; then
+  echo "usage: sbatch --nodes=N $0 STAGE RECIPE CONFIG [overrides...]" >&2
+  exit 2
+fi
+STAGE=$1 RECIPE=$2 CONFIG=$3
+shift 3
+case "$STAGE" in sft|dpo) ;; *) echo "STAGE must be sft or dpo, got $STAGE" >&2; exit 2 ;; esac
+[ -f "$CONFIG" ] || CONFIG="accelerate_configs/${CONFIG%.yaml}.yaml"
+[ -f "$CONFIG" ] || { echo "accelerate config not found: $CONFIG" >&2; exit 2; }
+
+NODES=${SLURM_NNODES:-1}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)
+MASTER_PORT=${MASTER_PORT:-29500}
+echo "zephyr: $STAGE on $NODES node(s) x $GPUS_PER_NODE processes, rendezvous at $MASTER_ADDR:$MASTER_PORT"
+
+# Single quotes: SLURM_PROCID (the node rank) is expanded on each node by srun's shell, not here.
+srun --kill-on-bad-exit=1 bash -c 'accelerate launch \
+  --config_file "$0" --num_machines "$1" --num_processes "$(($1 * $2))" --machine_rank "$SLURM_PROCID" \
+  --main_process_ip "$3" --main_process_port "$4" --rdzv_backend c10d --max_restarts 0 ${ACCELERATE_EXTRA_ARGS:-} \
+  "scripts/run_$5.py" "${@:6}"' "$CONFIG" "$NODES" "$GPUS_PER_NODE" "$MASTER_ADDR" "$MASTER_PORT" "$STAGE" \
+  "$RECIPE" "$@"
