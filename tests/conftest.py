@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Prepared datasets and reference log-prob caches go to a fresh folder, not the user's ~/.cache.
+os.environ.setdefault("ZEPHYR_CACHE", tempfile.mkdtemp(prefix="zephyr-cache-"))
 
 
 @pytest.fixture(scope="session")

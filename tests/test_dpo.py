@@ -94,6 +94,32 @@ def test_precompute_ref_log_probs_gives_same_step0(tiny_dir, tmp_path):
     assert abs(trainer.evaluate()["eval_loss"] - math.log(2)) < 1e-6
 
 
+def test_precomputed_reference_equals_frozen_copy_and_is_reused_across_runs(tiny_dir, tmp_path, monkeypatch):
+    """Zephyr's default (reference log-probs once, cached on disk) gives the losses of a frozen copy run every
+    step (pitfall 9: aligned after shuffling), and a second run that differs in unrelated settings reuses it."""
+    calls = []
+    original = dpo.ZephyrDPOTrainer.compute_ref_log_probs
+    monkeypatch.setattr(dpo.ZephyrDPOTrainer, "compute_ref_log_probs",
+                        lambda self, model, inputs: calls.append(len(inputs["input_ids"])) or original(
+                            self, model, inputs))
+    runs = {}
+    for name, extra in (("copy", {"precompute_ref_log_probs": False}), ("cached", {}),
+                        ("again", {"learning_rate": 2e-3, "beta": 0.2})):
+        calls.clear()
+        settings = {"max_steps": 5, "learning_rate": 1e-3, "precompute_ref_log_probs": True, "max_train_samples": 28,
+                    "max_eval_samples": 5,
+                    **extra}
+        configs = stage_configs("dpo", tiny_dir, tmp_path / name, **settings)
+        trainer, _, _ = dpo.build_trainer(*configs)
+        trainer.train()
+        runs[name] = (_losses(trainer), len(calls))
+    (copy_losses, _), (cached_losses, cached_calls) = runs["copy"], runs["cached"]
+    assert cached_calls == 7 + 1  # 28 train rows in batches of 4, 5 eval rows in one batch, before training
+    for a, b in zip(copy_losses, cached_losses, strict=True):
+        assert abs(a - b) < 1e-5
+    assert runs["again"][1] == 0  # other learning rate and beta, same data and reference: nothing recomputed
+
+
 def test_dpo_end_to_end_writes_a_model_that_generates(tiny_dir, tmp_path):
     out = tmp_path / "dpo_run"
     args = ["--model_name_or_path", str(tiny_dir / "model"), "--dataset_name", str(tiny_dir / "data" / "prefs"),

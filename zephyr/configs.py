@@ -170,4 +170,11 @@ class ZephyrSFTConfig(_ZephyrTrainingDefaults, SFTConfig):
 
 @dataclass
 class ZephyrDPOConfig(_ZephyrTrainingDefaults, DPOConfig):
-    """TRL's DPOConfig with zephyr defaults."""
+    """TRL's DPOConfig with zephyr defaults: reference log-probs computed once before training (and cached on
+    disk for the next run with the same data and reference), so no reference model is held or run per step."""
+
+    precompute_ref_log_probs: bool = field(
+        default=True,
+        metadata={"help": "Compute the reference log-probs once before training (cached on disk across runs) "
+                  "instead of running the reference model at every step."},
+    )

@@ -14,6 +14,7 @@ from datasets import Dataset, concatenate_datasets
 from tqdm.auto import tqdm
 
 from zephyr.configs import DataArguments, DatasetSource
+from zephyr.data.cache import file_backed
 from zephyr.data.decontamination import Decontaminator, read_benchmark_prompts
 from zephyr.data.loading import DataError, load_source, mixture_sources, take_weight
 from zephyr.data.schemas import Kind, RowError, convert_row, detect_schema
@@ -186,6 +187,8 @@ def prepare_datasets(
             test = enforce_max_length(test, tokenizer, max_length, kind, args.long_rows, "eval", report)
     if len(train) == 0:
         raise DataError(f"no training rows left after filtering (dropped: {report.dropped})")
+    train = file_backed(train, f"{kind}-train")
+    test = file_backed(test, f"{kind}-eval") if test is not None else None
     report.train_rows, report.eval_rows = len(train), len(test) if test is not None else 0
     logger.info("data: %d train rows, %d eval rows; loaded %s; dropped %s", report.train_rows, report.eval_rows,
                 report.loaded, report.dropped or "none")

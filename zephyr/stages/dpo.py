@@ -6,10 +6,27 @@ from trl import DPOTrainer
 
 from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig
 from zephyr.data import prepare_datasets
+from zephyr.data.cache import content_digest
 from zephyr.modeling import load_model, load_tokenizer, lora_config
 from zephyr.stages.common import train_stage
 
 CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrDPOConfig)
+
+
+class ZephyrDPOTrainer(DPOTrainer):
+    """TRL's DPOTrainer whose on-disk cache of precomputed reference log-probs survives unrelated changes.
+
+    TRL keys that cache by the tokenized dataset's fingerprint, which hashes the whole DPOConfig (a filter
+    closure captures it): changing output_dir or the learning rate misses the cache and recomputes the whole
+    reference pass. The log-probs depend only on the token ids, the reference weights and the batching, so the
+    key here is made of those; a sweep over beta or learning rate computes the reference pass once.
+    """
+
+    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        if getattr(dataset, "cache_files", None):
+            dataset._fingerprint = content_digest(dataset, ["prompt_ids", "chosen_ids", "rejected_ids"], batch_size,
+                                                  self.args.max_length, self.args.truncation_mode)
+        return super()._precompute_ref_logps(dataset, name, batch_size)
 
 
 def load_reference(model_args: ModelArguments, training_args: ZephyrDPOConfig):
@@ -28,7 +45,7 @@ def load_reference(model_args: ModelArguments, training_args: ZephyrDPOConfig):
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: ZephyrDPOConfig):
     tokenizer = load_tokenizer(model_args)
     train_ds, eval_ds, report = prepare_datasets(data_args, "preference", tokenizer, training_args.max_length)
-    trainer = DPOTrainer(
+    trainer = ZephyrDPOTrainer(
         model=load_model(model_args),
         ref_model=load_reference(model_args, training_args),
         args=training_args,
