@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOTrainer
 
 from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig
@@ -27,6 +28,18 @@ class ZephyrDPOTrainer(DPOTrainer):
             dataset._fingerprint = content_digest(dataset, ["prompt_ids", "chosen_ids", "rejected_ids"], batch_size,
                                                   self.args.max_length, self.args.truncation_mode)
         return super()._precompute_ref_logps(dataset, name, batch_size)
+
+
+    def _get_train_sampler(self, train_dataset=None):
+        # transformers' length grouping reads an `input_ids` or `length` column; a tokenized preference row has
+        # neither (prompt_ids, chosen_ids, rejected_ids), so give it the pair's longest sequence.
+        if self.args.train_sampling_strategy == "group_by_length" and self.train_dataset is not None:
+            ds = self.train_dataset
+            lengths = [len(p) + max(len(c), len(r))
+                       for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True)]
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=lengths)
+        return super()._get_train_sampler(train_dataset)
 
 
 def load_reference(model_args: ModelArguments, training_args: ZephyrDPOConfig):
