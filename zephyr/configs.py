@@ -173,6 +173,11 @@ class ZephyrDPOConfig(_ZephyrTrainingDefaults, DPOConfig):
     """TRL's DPOConfig with zephyr defaults: reference log-probs computed once before training (and cached on
     disk for the next run with the same data and reference), so no reference model is held or run per step."""
 
+    packed_forward: bool = field(
+        default=True,
+        metadata={"help": "Run the policy on the batch's real tokens packed into rows (no padding), with a "
+                  "separate attention block per sequence; same log-probs, less compute (zephyr/packing.py)."},
+    )
     precompute_ref_log_probs: bool = field(
         default=True,
         metadata={"help": "Compute the reference log-probs once before training (cached on disk across runs) "

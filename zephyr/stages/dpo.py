@@ -9,6 +9,7 @@ from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig
 from zephyr.data import prepare_datasets
 from zephyr.data.cache import content_digest
 from zephyr.modeling import load_model, load_tokenizer, lora_config
+from zephyr.packing import PackedForward
 from zephyr.stages.common import train_stage
 
 CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrDPOConfig)
@@ -29,6 +30,11 @@ class ZephyrDPOTrainer(DPOTrainer):
                                                   self.args.max_length, self.args.truncation_mode)
         return super()._precompute_ref_logps(dataset, name, batch_size)
 
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if self.args.packed_forward and "attention_mask" in inputs:
+            model = PackedForward(model, self._tokenizer.pad_token_id or 0)
+        return super()._compute_loss(model, inputs, return_outputs)
 
     def _get_train_sampler(self, train_dataset=None):
         # transformers' length grouping reads an `input_ids` or `length` column; a tokenized preference row has
