@@ -30,10 +30,10 @@ def stage_args(stage: str, tiny: Path, out: Path, per_device: int) -> list[str]:
     ]
 
 
-def launch(stage: str, tiny: Path, out: Path, backend: str) -> dict:
-    """Global batch 8 either way: 1 process x 8, or 2 processes x 4 (DDP, DeepSpeed ZeRO-2 or ZeRO-3)."""
+def launch(stage: str, tiny: Path, out: Path, backend: str, *extra: str) -> dict:
+    """Global batch 8 either way: 1 process x 8, or 2 processes x 4 (DDP, FSDP, DeepSpeed ZeRO-2 or ZeRO-3)."""
     processes = 1 if backend == "single" else 2
-    args = stage_args(stage, tiny, out, 8 // processes)
+    args = [*stage_args(stage, tiny, out, 8 // processes), *extra]
     if backend == "single":
         cmd = [sys.executable, "-m", "zephyr.cli", stage, *args]
     elif backend == "ddp":  # the zephyr shortcut for `accelerate launch --config_file ...`
@@ -62,7 +62,7 @@ def single(tiny_dir, tmp_path_factory):
     return get
 
 
-BACKENDS = ["ddp"] + (["zero2", "zero3"] if importlib.util.find_spec("deepspeed") else [])
+BACKENDS = ["ddp", "fsdp"] + (["zero2", "zero3"] if importlib.util.find_spec("deepspeed") else [])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -103,3 +103,15 @@ def test_slurm_launcher_runs_a_stage(tiny_dir, tmp_path):
     assert "dpo on 1 node(s) x 2 processes" in proc.stdout
     assert len([h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]) == 4
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("deepspeed"), reason="needs deepspeed (in the dev extra)")
+def test_zero3_frozen_reference_copy(single, tiny_dir, tmp_path):
+    """precompute_ref_log_probs off: the reference copy is sharded by ZeRO-3 for inference and never trained,
+    so the run still matches one process whose reference log-probs were computed once up front."""
+    one = single("dpo")
+    two = launch("dpo", tiny_dir, tmp_path / "zero3_ref", "zero3", "precompute_ref_log_probs=false")
+    for a, b in zip(one["losses"], two["losses"], strict=True):
+        assert abs(a - b) < 1e-4, (one["losses"], two["losses"])
+    for k, v in one["weights"].items():
+        torch.testing.assert_close(two["weights"][k], v, atol=1e-5, rtol=0)
