@@ -127,9 +127,13 @@ class AIFConfig:
     shard: str | None = field(default=None, metadata={"help": "i/n: handle only shard i of n of the prompts."})
 
     def __post_init__(self) -> None:
-        names = [g.name for g in self.generators]
-        if not names or any(not n for n in names) or len(set(names)) != len(names):
-            raise ValueError(f"generators need unique, non-empty names, got {names}")
+        require_unique_names("generators", [g.name for g in self.generators])
+
+
+def require_unique_names(section: str, names: list[str]) -> None:
+    """Names key the stored records: they must exist and differ."""
+    if not names or any(not n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"{section} need unique, non-empty names, got {names}")
 
 
 def stable_hash(value: object) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from zephyr.aif.config import GeneratorConfig, JudgeConfig
+from zephyr.aif.config import GeneratorConfig, JudgeConfig, require_unique_names
 
 
 @dataclass
@@ -39,8 +39,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
-        if not names or len(set(names)) != len(names) or any(not n for n in names):
-            raise ValueError(f"models need unique, non-empty names, got {names}")
+        require_unique_names("models", names)
         if self.baseline is not None and self.baseline not in names:
             raise ValueError(f"baseline {self.baseline!r} is not one of the models {names}")
         if self.mode != "single" and self.baseline is None:
