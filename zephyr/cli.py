@@ -5,6 +5,7 @@
     zephyr aif RECIPE.yaml [overrides] [--shard i/n] [--rebinarize]
     zephyr dpo RECIPE.yaml [overrides] [--accelerate-config CFG]
     zephyr eval RECIPE.yaml [overrides]
+    zephyr sweep SWEEP.yaml [--export-best FILE]
     zephyr report RUN_DIR
     zephyr tiny-model [--output-dir DIR] [--tokenizer bpe|mistral]
     zephyr merge ADAPTER_DIR OUTPUT_DIR [--base MODEL]
@@ -120,6 +121,12 @@ def _report(argv: list[str]) -> int:
     return run_stage(main, argv)
 
 
+def _sweep(argv: list[str]) -> int:
+    from zephyr.sweep import main
+
+    return run_stage(main, argv)
+
+
 def _tiny_model(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="zephyr tiny-model", description="Build the embedded default model + data.")
     parser.add_argument("--output-dir", default="outputs/tiny", help="where model/ and data/ are written")
@@ -160,6 +167,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "aif": (_aif, "AIF: generate answers, judge them, binarize into pairs (RECIPE [overrides] [--rebinarize])"),
     "dpo": (_dpo, "dDPO: preference optimization against the frozen dSFT model (RECIPE [overrides])"),
     "eval": (_eval, "evaluate: answer questions, grade them, report scores with confidence intervals"),
+    "sweep": (_sweep, "hyperparameter search over recipe keys on an Optuna study (SWEEP.yaml [--export-best F])"),
     "report": (_report, "PNG plots of a run's curves: loss, DPO rewards, margins, accuracies (PATH)"),
     "tiny-model": (_tiny_model, "build the embedded default: tiny model, tokenizer and datasets"),
     "merge": (_merge, "merge a LoRA adapter into its base model"),
