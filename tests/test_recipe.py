@@ -567,6 +567,10 @@ def stage_of(path: Path) -> tuple[tuple[type, ...], str]:
         from zephyr.evaluation.config import EvalConfig
 
         return (EvalConfig,), "eval"
+    if "sweep" in rel:
+        from zephyr.sweep import SweepConfig
+
+        return (SweepConfig,), "sweep"
     return (DPO, "dpo") if "dpo" in rel else (SFT, "sft")
 
 
@@ -589,6 +593,10 @@ def test_shipped_recipe_loads(path, tmp_path, caplog):
     if stage == "eval":
         (cfg,) = configs
         assert cfg.models and cfg.questions
+        return
+    if stage == "sweep":
+        (cfg,) = configs
+        assert cfg.space and (REPO / cfg.base).is_file()
         return
 
     model, data, train = configs
