@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import socket
 import subprocess
@@ -85,46 +86,13 @@ def run_stage(stage_main: Callable[[list[str]], object], argv: list[str]) -> int
     return 0
 
 
-def _sft(argv: list[str]) -> int:
-    from zephyr.stages.sft import main
+def lazy_stage(module: str) -> Callable[[list[str]], int]:
+    """A command that imports `module` only when run (keeps `zephyr --help` fast) and calls its `main`."""
 
-    return run_stage(main, argv)
+    def command(argv: list[str]) -> int:
+        return run_stage(importlib.import_module(module).main, argv)
 
-
-def _dpo(argv: list[str]) -> int:
-    from zephyr.stages.dpo import main
-
-    return run_stage(main, argv)
-
-
-def _aif(argv: list[str]) -> int:
-    from zephyr.stages.aif import main
-
-    return run_stage(main, argv)
-
-
-def _eval(argv: list[str]) -> int:
-    from zephyr.stages.eval import main
-
-    return run_stage(main, argv)
-
-
-def _run(argv: list[str]) -> int:
-    from zephyr.pipeline import main
-
-    return run_stage(main, argv)
-
-
-def _report(argv: list[str]) -> int:
-    from zephyr.report import main
-
-    return run_stage(main, argv)
-
-
-def _sweep(argv: list[str]) -> int:
-    from zephyr.sweep import main
-
-    return run_stage(main, argv)
+    return command
 
 
 def _tiny_model(argv: list[str]) -> int:
@@ -162,13 +130,13 @@ def _merge(argv: list[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "run": (_run, "the whole recipe: dSFT -> AIF -> dDPO -> eval (PIPELINE [--from S | --only S] [--seed N])"),
-    "sft": (_sft, "dSFT: supervised fine-tuning on chat data (RECIPE [overrides])"),
-    "aif": (_aif, "AIF: generate answers, judge them, binarize into pairs (RECIPE [overrides] [--rebinarize])"),
-    "dpo": (_dpo, "dDPO: preference optimization against the frozen dSFT model (RECIPE [overrides])"),
-    "eval": (_eval, "evaluate: answer questions, grade them, report scores with confidence intervals"),
-    "sweep": (_sweep, "hyperparameter search over recipe keys on an Optuna study (SWEEP.yaml [--export-best F])"),
-    "report": (_report, "PNG plots of a run's curves: loss, DPO rewards, margins, accuracies (PATH)"),
+    "run": (lazy_stage("zephyr.pipeline"), "the whole recipe: dSFT -> AIF -> dDPO -> eval (PIPELINE [--from S | --only S] [--seed N])"),
+    "sft": (lazy_stage("zephyr.stages.sft"), "dSFT: supervised fine-tuning on chat data (RECIPE [overrides])"),
+    "aif": (lazy_stage("zephyr.stages.aif"), "AIF: generate answers, judge them, binarize into pairs (RECIPE [overrides] [--rebinarize])"),
+    "dpo": (lazy_stage("zephyr.stages.dpo"), "dDPO: preference optimization against the frozen dSFT model (RECIPE [overrides])"),
+    "eval": (lazy_stage("zephyr.stages.eval"), "evaluate: answer questions, grade them, report scores with confidence intervals"),
+    "sweep": (lazy_stage("zephyr.sweep"), "hyperparameter search over recipe keys on an Optuna study (SWEEP.yaml [--export-best F])"),
+    "report": (lazy_stage("zephyr.report"), "PNG plots of a run's curves: loss, DPO rewards, margins, accuracies (PATH)"),
     "tiny-model": (_tiny_model, "build the embedded default: tiny model, tokenizer and datasets"),
     "merge": (_merge, "merge a LoRA adapter into its base model"),
 }
