@@ -157,6 +157,11 @@ class _ZephyrTrainingDefaults:
             self.use_cpu = True
             self.ddp_backend = self.ddp_backend or "gloo"
         super().__post_init__()
+        if self.hub_token:
+            # The Trainer pickles these arguments into every checkpoint (training_args.bin) and hands them to the
+            # dashboards; huggingface_hub reads HF_TOKEN from the environment just as well, so keep it there only.
+            os.environ["HF_TOKEN"] = self.hub_token
+            self.hub_token = None
 
 
 @dataclass

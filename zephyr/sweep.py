@@ -11,11 +11,15 @@
     objective: {metric: eval_rewards/accuracies, direction: maximize}
     overrides: {max_steps: 20}           # fixed for every trial
     storage: null                        # default sqlite:///<output_dir>/study.db; any URL (postgresql://...)
+    parallel: 2                          # trials at once (CPU: processes sharing the cores; GPU: 0 = one per GPU)
+    pruning: {type: median, n_startup_trials: 2}   # stop trials whose intermediate eval metric lags
 
-Each trial is its own process (`python -m zephyr.cli STAGE base overrides`), in its own folder. A trial that
-fails is recorded with its error and the sweep goes on. Rerunning the same command resumes: finished trials are
-kept, and a trial a killed sweep left running is run again with the same parameters (and the same folder, so a
-training stage resumes from its last checkpoint).
+Each trial is its own process (`python -m zephyr.cli STAGE base overrides`, under `accelerate launch` when
+`accelerate_config` is set), in its own folder. A trial that fails is recorded with its error and the sweep goes
+on. Rerunning the same command resumes: finished trials are kept, and a trial a killed sweep left running is run
+again with the same parameters (and the same folder, so a training stage resumes from its last checkpoint).
+Dashboards named in the recipe's `report_to` get the trials grouped (wandb group, MLflow parent run, trackio
+project, one TensorBoard folder) and tagged with their parameters.
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +41,7 @@ from typing import Any, Literal
 import yaml
 
 from zephyr.recipe import RecipeError, build_configs, read_yaml
+from zephyr.tracking import dashboards, read_metrics
 
 logger = logging.getLogger("zephyr.sweep")
 
@@ -42,6 +51,15 @@ class Objective:
     metric: str = field(metadata={"help": "A key of the trial's all_results.json, or a dotted path in eval's "
                                   "results.json (models.dpo.score.mean)."})
     direction: Literal["maximize", "minimize"] = "maximize"
+
+
+@dataclass
+class Pruning:
+    type: Literal["none", "median", "percentile", "hyperband"] = field(
+        default="none", metadata={"help": "Optuna pruner fed the objective metric at every eval of a trial."})
+    n_startup_trials: int = field(default=2, metadata={"help": "Trials that finish before any is pruned."})
+    n_warmup_steps: int = field(default=0, metadata={"help": "Steps before a trial may be pruned."})
+    percentile: float = field(default=25.0, metadata={"help": "percentile: keep trials above this percentile."})
 
 
 @dataclass
@@ -56,6 +74,15 @@ class SweepConfig:
     overrides: dict[str, Any] = field(default_factory=dict, metadata={"help": "Fixed for every trial."})
     storage: str | None = field(default=None, metadata={"help": "Optuna storage URL; default SQLite in output_dir."})
     seed: int = field(default=0, metadata={"help": "Sampler seed."})
+    parallel: int = field(default=1, metadata={
+        "help": "Trials run at once. With GPUs each trial gets gpus_per_trial of them, and 0 means as many trials "
+                "as that allows; on CPU, N processes share the cores (each gets cores/N threads)."})
+    gpus_per_trial: int = field(default=1, metadata={"help": "GPUs given to each trial (CUDA_VISIBLE_DEVICES)."})
+    accelerate_config: str | None = field(default=None, metadata={
+        "help": "Launch each trial with `accelerate launch` and this config (a file or a name in "
+                "accelerate_configs/), e.g. multi_gpu with gpus_per_trial: 2."})
+    pruning: Pruning = field(default_factory=Pruning, metadata={"help": "Stop trials that lag early."})
+    poll_seconds: float = field(default=1.0, metadata={"help": "How often a running trial's metrics are read."})
 
 
 def suggest(trial, name: str, spec: dict[str, Any]) -> Any:
@@ -86,17 +113,97 @@ def read_objective(trial_dir: Path, metric: str) -> float:
     return float(value)
 
 
-def run_trial(cfg: SweepConfig, params: dict[str, Any], folder: Path) -> float:
-    overrides = {**cfg.overrides, **params, "output_dir": str(folder)}
-    cmd = [sys.executable, "-m", "zephyr.cli", cfg.stage, cfg.base,
-           *(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items())]
+def trial_command(cfg: SweepConfig, params: dict[str, Any], folder: Path, number: int) -> list[str]:
+    overrides = {**cfg.overrides, **params, "output_dir": str(folder),
+                 "run_name": f"{Path(cfg.output_dir).name}-trial-{number}"}
+    launch = ["--accelerate-config", cfg.accelerate_config] if cfg.accelerate_config else []
+    return [sys.executable, "-m", "zephyr.cli", cfg.stage, cfg.base, *launch,
+            *(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items())]
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """Stop a trial and whatever it launched (accelerate starts one process per rank)."""
+    import psutil  # an accelerate dependency
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for p in [psutil.Process(proc.pid), *children] if proc.poll() is None else children:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+
+
+def run_trial(cfg: SweepConfig, trial, params: dict[str, Any], folder: Path, env: dict[str, str]) -> float:
+    """Run one trial's process; while it runs, feed its eval metrics to the pruner (and stop it if told to)."""
+    import optuna
+
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "trial.log", "w") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-    if code != 0:
+    reported: set[int] = set()
+    with open(folder / "trial.log", "a") as log:
+        proc = subprocess.Popen(trial_command(cfg, params, folder, trial.number), stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+        while proc.poll() is None:
+            time.sleep(cfg.poll_seconds)
+            if cfg.pruning.type == "none":
+                continue
+            for row in read_metrics(folder):
+                step, value = row.get("step"), row.get(cfg.objective.metric)
+                if value is None or step in reported:
+                    continue
+                reported.add(step)
+                with STUDY_LOCK:
+                    trial.report(float(value), step)
+                    prune = trial.should_prune()
+                if prune:
+                    kill_tree(proc)
+                    trial.set_user_attr("pruned_at", step)
+                    raise optuna.TrialPruned(f"{cfg.objective.metric} = {value:.4g} at step {step}")
+    if proc.returncode != 0:
         tail = (folder / "trial.log").read_text().strip().splitlines()[-3:]
-        raise RuntimeError(f"exit code {code}: " + " | ".join(tail))
+        raise RuntimeError(f"exit code {proc.returncode}: " + " | ".join(tail))
     return read_objective(folder, cfg.objective.metric)
+
+
+def device_slots(cfg: SweepConfig) -> list[dict[str, str]]:
+    """The environment of each concurrent trial: its own GPUs, or its share of the CPU cores."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [g for g in visible.split(",") if g] if visible is not None else [str(i) for i in range(gpu_count())]
+    if gpus:
+        fit = len(gpus) // cfg.gpus_per_trial
+        if fit == 0:
+            raise RecipeError(f"gpus_per_trial: {cfg.gpus_per_trial}, but only {len(gpus)} GPU(s) are visible")
+        n = fit if cfg.parallel == 0 else min(cfg.parallel, fit)
+        if cfg.parallel > fit:
+            logger.warning("parallel: %d, but %d GPUs fit only %d trial(s) at once", cfg.parallel, len(gpus), fit)
+        per = cfg.gpus_per_trial
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * per:(i + 1) * per])} for i in range(n)]
+    n = max(cfg.parallel, 1)
+    threads = str(max((os.cpu_count() or 1) // n, 1))
+    return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(n)]
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def make_pruner(cfg: SweepConfig):
+    import optuna
+
+    p = cfg.pruning
+    return {
+        "none": lambda: optuna.pruners.NopPruner(),
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
+                                                      n_warmup_steps=p.n_warmup_steps),
+        "percentile": lambda: optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.n_startup_trials,
+                                                              n_warmup_steps=p.n_warmup_steps),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+    }[p.type]()
 
 
 def make_study(cfg: SweepConfig):
@@ -110,7 +217,8 @@ def make_study(cfg: SweepConfig):
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     storage = cfg.storage or f"sqlite:///{Path(cfg.output_dir).resolve() / 'study.db'}"
     return optuna.create_study(study_name=Path(cfg.output_dir).name, storage=storage, sampler=samplers[cfg.strategy](),
-                               direction=cfg.objective.direction, load_if_exists=True)
+                               direction=cfg.objective.direction, load_if_exists=True,
+                               pruner=make_pruner(cfg))
 
 
 def requeue_interrupted(study) -> int:
@@ -129,7 +237,7 @@ def is_finished(t) -> bool:
     """Completed, or failed on its own (not merely interrupted by a killed sweep)."""
     import optuna
 
-    return t.state == optuna.trial.TrialState.COMPLETE or (
+    return t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) or (
         t.state == optuna.trial.TrialState.FAIL and "interrupted" not in t.user_attrs.get("error", ""))
 
 
@@ -152,6 +260,11 @@ def total_trials(cfg: SweepConfig) -> int:
     return cfg.trials
 
 
+# Optuna's storage objects are shared by the worker threads; ask/tell/report go through this lock (two threads
+# asking at once could both pop the same enqueued grid point).
+STUDY_LOCK = threading.Lock()
+
+
 def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     import optuna
 
@@ -161,51 +274,144 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         logger.info("resuming: %d interrupted trial(s) queued again", n)
     if cfg.strategy == "grid":
         enqueue_grid(cfg, study)
-
-    def objective(trial) -> float:
-        params = {name: suggest(trial, name, spec) for name, spec in cfg.space.items()}
-        folder = Path(cfg.output_dir) / f"trial-{trial.number}"
-        trial.set_user_attr("folder", str(folder))
-        try:
-            value = run_trial(cfg, params, folder)
-        except (RuntimeError, FileNotFoundError, KeyError, ValueError) as err:
-            trial.set_user_attr("error", str(err)[-500:])
-            logger.warning("trial %d %s failed: %s", trial.number, params, err)
-            raise TrialFailed(str(err)) from None
-        logger.info("trial %d %s: %s = %.4g", trial.number, params, cfg.objective.metric, value)
-        return value
-
     waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
     finished = sum(is_finished(t) for t in study.trials)
-    remaining = waiting if cfg.strategy == "grid" else max(total_trials(cfg) - finished, waiting)
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=(TrialFailed,))
+    budget = [waiting if cfg.strategy == "grid" else max(total_trials(cfg) - finished, waiting)]
+    group_env = dashboard_group(cfg)
+
+    def worker(slot: dict[str, str]) -> None:
+        """Run trials on one device slot until the budget is spent."""
+        while True:
+            with STUDY_LOCK:
+                if budget[0] <= 0:
+                    return
+                budget[0] -= 1
+                trial = study.ask()
+            state, value = run_one(cfg, trial, slot, group_env)
+            with STUDY_LOCK:
+                study.tell(trial, value, state=state)
+
+    slots = device_slots(cfg)
+    with ThreadPoolExecutor(len(slots)) as pool:
+        for future in [pool.submit(worker, slot) for slot in slots]:
+            future.result()
     return summarize(cfg, study)
 
 
-class TrialFailed(Exception):
-    """A trial's process failed; the study records it and the sweep goes on."""
+def run_one(cfg: SweepConfig, trial, slot: dict[str, str], group_env: dict[str, str]) -> tuple[Any, float | None]:
+    """One trial in its own folder and process: (state, objective value) for study.tell."""
+    import optuna
+
+    params = {name: suggest(trial, name, spec) for name, spec in cfg.space.items()}
+    folder = Path(cfg.output_dir) / f"trial-{trial.number}"
+    trial.set_user_attr("folder", str(folder))
+    tags = {"zephyr.sweep": Path(cfg.output_dir).name, "zephyr.trial": str(trial.number),
+            **{f"param.{k}": str(v) for k, v in params.items()}}
+    env = {**os.environ, **group_env, **slot, "ZEPHYR_RUN_TAGS": json.dumps(tags)}
+    if "TENSORBOARD_LOGGING_DIR" in group_env:  # one folder for the whole sweep, one subfolder per trial
+        env["TENSORBOARD_LOGGING_DIR"] = str(Path(group_env["TENSORBOARD_LOGGING_DIR"]) / folder.name)
+    where = f" on GPU {slot['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in slot else ""
+    logger.info("trial %d %s starting%s", trial.number, params, where)
+    try:
+        value = run_trial(cfg, trial, params, folder, env)
+    except (RuntimeError, FileNotFoundError, KeyError, ValueError) as err:
+        trial.set_user_attr("error", str(err)[-500:])
+        logger.warning("trial %d %s failed: %s", trial.number, params, err)
+        return optuna.trial.TrialState.FAIL, None
+    except optuna.TrialPruned as pruned:
+        logger.info("trial %d %s pruned: %s", trial.number, params, pruned)
+        return optuna.trial.TrialState.PRUNED, None
+    logger.info("trial %d %s: %s = %.4g", trial.number, params, cfg.objective.metric, value)
+    return optuna.trial.TrialState.COMPLETE, value
+
+
+def dashboard_group(cfg: SweepConfig) -> dict[str, str]:
+    """Environment that groups the trials on each dashboard the base recipe reports to."""
+    recipe = {**read_yaml(cfg.base), **cfg.overrides}
+    used = dashboards(recipe.get("report_to"))
+    name, out = Path(cfg.output_dir).name, Path(cfg.output_dir).resolve()
+    env = {"ZEPHYR_PROJECT": os.environ.get("ZEPHYR_PROJECT", name)}  # trackio project, wandb project
+    if "wandb" in used:
+        env["WANDB_RUN_GROUP"] = name
+    if "tensorboard" in used:
+        env["TENSORBOARD_LOGGING_DIR"] = os.environ.get("TENSORBOARD_LOGGING_DIR", str(out / "runs"))
+    if "trackio" in used:
+        env["TRACKIO_DIR"] = os.environ.get("TRACKIO_DIR", str(out / "trackio"))
+    if "mlflow" in used:
+        env.update(mlflow_parent_run(cfg, out))
+    return env
+
+
+def mlflow_parent_run(cfg: SweepConfig, out: Path) -> dict[str, str]:
+    """One MLflow run for the sweep; each trial's run names it as parent (the UI nests them under it)."""
+    import mlflow
+
+    env = {"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").as_uri(),
+           "MLFLOW_EXPERIMENT_NAME": os.environ.get("MLFLOW_EXPERIMENT_NAME", out.name)}
+    if env["MLFLOW_TRACKING_URI"].startswith("file:"):
+        env["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3 keeps the plain-folder store only on request
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    experiment = mlflow.set_experiment(env["MLFLOW_EXPERIMENT_NAME"])
+    marker = out / "mlflow_parent_run"  # the same parent across resumes of the sweep
+    if marker.is_file():
+        run_id = marker.read_text().strip()
+    else:
+        client = mlflow.MlflowClient()
+        run_id = client.create_run(experiment.experiment_id, run_name=f"sweep-{out.name}",
+                                   tags={"zephyr.sweep": out.name, "zephyr.stage": cfg.stage}).info.run_id
+        client.log_dict(run_id, {"space": cfg.space, "objective": vars(cfg.objective)}, "sweep.json")
+        marker.write_text(run_id)
+    env["MLFLOW_TAGS"] = json.dumps({"mlflow.parentRunId": run_id})
+    return env
 
 
 def summarize(cfg: SweepConfig, study) -> list[dict[str, Any]]:
     import optuna
 
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
     rows = [{"trial": t.number, "params": t.params, "value": t.value, "state": t.state.name,
-             "error": t.user_attrs.get("error"), "folder": t.user_attrs.get("folder")}
-            for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)]
+             "error": t.user_attrs.get("error"), "pruned_at": t.user_attrs.get("pruned_at"),
+             "folder": t.user_attrs.get("folder")}
+            for t in study.trials if t.state in done]
     sign = -1 if cfg.objective.direction == "maximize" else 1
     rows.sort(key=lambda r: (r["value"] is None, sign * (r["value"] or 0)))
     out = Path(cfg.output_dir)
-    (out / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
+    saved = reference_compute_saved([Path(r["folder"]) for r in rows if r["folder"]])
+    summary = {"objective": vars(cfg.objective), "space": list(cfg.space), "trials": rows, "reference_cache": saved}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [f"| rank | trial | {' | '.join(cfg.space)} | {cfg.objective.metric} |",
              "|---|---|" + "---|" * (len(cfg.space) + 1)]
     for rank, r in enumerate(rows, 1):
-        value = f"{r['value']:.4g}" if r["value"] is not None else f"failed: {r['error']}"
+        if r["state"] == "PRUNED":
+            value = f"pruned at step {r['pruned_at']}"
+        else:
+            value = f"{r['value']:.4g}" if r["value"] is not None else f"failed: {r['error']}"
         lines.append(f"| {rank} | {r['trial']} | " + " | ".join(str(r["params"].get(k)) for k in cfg.space)
                      + f" | {value} |")
+    if saved["reused_passes"]:
+        lines += ["", f"Reference log-probs (train and eval passes): computed {saved['computed_passes']} time(s) "
+                  f"in {saved['computed_seconds']:.1f} s, read from the shared cache {saved['reused_passes']} "
+                  f"time(s), saving {saved['saved_seconds']:.1f} s of reference forward passes."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     logger.info("sweep results (%s %s):\n%s", cfg.objective.direction, cfg.objective.metric, "\n".join(lines))
     return rows
+
+
+def reference_compute_saved(folders: list[Path]) -> dict[str, float]:
+    """Add up the trials' reference passes (reference_logps.json, written by the dDPO stage): how many ran, how
+    many came from the shared cache, and what computing those would have cost (measured when it was computed)."""
+    computed = reused = 0
+    seconds = saved = 0.0
+    for folder in folders:
+        path = folder / "reference_logps.json"
+        for split in json.loads(path.read_text()).values() if path.is_file() else []:
+            if split["computed"]:
+                computed, seconds = computed + 1, seconds + split["seconds"]
+            else:
+                reused, saved = reused + 1, saved + (split.get("cost_seconds") or 0.0)
+    return {"computed_passes": computed, "computed_seconds": round(seconds, 3), "reused_passes": reused,
+            "saved_seconds": round(saved, 3)}
 
 
 def export_best(cfg: SweepConfig, path: Path) -> Path:

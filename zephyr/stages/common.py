@@ -18,6 +18,7 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from zephyr.recipe import load_recipe
+from zephyr.tracking import prepare_tracking, tracking_callbacks
 
 logger = logging.getLogger("zephyr")
 
@@ -107,8 +108,11 @@ def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ..
     model_args, data_args, training_args = parse_stage_args(argv, classes, stage)
     setup_logging(training_args)
     set_seed(training_args.seed)
+    prepare_tracking(training_args, stage, public_values(model_args, data_args, training_args))
 
     trainer, tokenizer, report = build_trainer(model_args, data_args, training_args)
+    for callback in tracking_callbacks(training_args):
+        trainer.add_callback(callback)
     checkpoint = resume_checkpoint(training_args)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = {**result.metrics, "train_samples": report.train_rows}

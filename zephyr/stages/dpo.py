@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+from datasets.fingerprint import Hasher
+from filelock import FileLock
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOTrainer
 
@@ -22,14 +30,39 @@ class ZephyrDPOTrainer(DPOTrainer):
     closure captures it): changing output_dir or the learning rate misses the cache and recomputes the whole
     reference pass. The log-probs depend only on the token ids, the reference weights and the batching, so the
     key here is made of those; a sweep over beta or learning rate computes the reference pass once.
+    `reference_logps.json` in output_dir says, per split, whether the pass ran or came from the cache, and how
+    long computing it took: the sweep summary adds these up into the compute the cache saved.
     """
 
-    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
-        if getattr(dataset, "cache_files", None):
-            dataset._fingerprint = content_digest(dataset, ["prompt_ids", "chosen_ids", "rejected_ids"], batch_size,
-                                                  self.args.max_length, self.args.truncation_mode)
-        return super()._precompute_ref_logps(dataset, name, batch_size)
+    REFERENCE_STATS = "reference_logps.json"
 
+    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        if not getattr(dataset, "cache_files", None):  # in-memory data: TRL computes without a cache file
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        dataset._fingerprint = content_digest(dataset, ["prompt_ids", "chosen_ids", "rejected_ids"], batch_size,
+                                              self.args.max_length, self.args.truncation_mode)
+        # the file TRL reads or writes (same key as TRL's), and next to it what computing it once cost
+        cache_file = dataset._get_cache_file_path(Hasher.hash((dataset._fingerprint, self._precompute_model_hash)))
+        cost_file = Path(cache_file + ".cost.json")
+        # Trials of a parallel sweep start together: the first computes, the others wait and then read its file.
+        lock = FileLock(cache_file + ".lock") if self.accelerator.is_main_process else contextlib.nullcontext()
+        with lock:
+            cached, start = os.path.exists(cache_file), time.perf_counter()
+            dataset = super()._precompute_ref_logps(dataset, name, batch_size)
+            seconds = time.perf_counter() - start
+        if self.accelerator.is_main_process:
+            if not cached:
+                cost_file.write_text(json.dumps({"seconds": seconds, "rows": len(dataset)}))
+            cost = json.loads(cost_file.read_text())["seconds"] if cost_file.is_file() else None
+            self._record_reference_pass(name, {"rows": len(dataset), "computed": not cached,
+                                               "seconds": round(seconds, 3), "cost_seconds": cost})
+        return dataset
+
+    def _record_reference_pass(self, split: str, entry: dict) -> None:
+        path = Path(self.args.output_dir) / self.REFERENCE_STATS
+        stats = json.loads(path.read_text()) if path.is_file() else {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**stats, split: entry}, indent=2))
 
     def _compute_loss(self, model, inputs, return_outputs):
         if self.args.packed_forward and "attention_mask" in inputs:
