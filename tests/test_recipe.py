@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -648,9 +649,11 @@ def test_shipped_pipeline_wires_every_stage(path, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- 7. secrets
-def test_public_values_drop_secrets(sft_recipe):
+def test_public_values_drop_secrets(sft_recipe, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
     configs = parse_stage_args([str(sft_recipe), "--hub_token", "hf_SECRET123"], SFT, "sft")
-    assert configs[2].hub_token == "hf_SECRET123"  # the run itself still gets it
+    # the run still gets it, through the environment huggingface_hub reads, not inside the pickled arguments
+    assert configs[2].hub_token is None and os.environ["HF_TOKEN"] == "hf_SECRET123"
     values = public_values(*configs)
     dumped = json.dumps(values)
     assert "hf_SECRET123" not in dumped
@@ -663,7 +666,8 @@ def test_public_values_drop_secrets(sft_recipe):
     assert values["assistant_only_loss"] is True
 
 
-def test_public_values_drop_secrets_dpo(tmp_path):
+def test_public_values_drop_secrets_dpo(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
     configs = parse_stage_args([f"output_dir={tmp_path}", "hub_token=hf_SECRET123", "--beta", "0.2"], DPO, "dpo")
     values = public_values(*configs)
     assert "hf_SECRET123" not in json.dumps(values)

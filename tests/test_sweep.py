@@ -3,6 +3,7 @@ trial recorded while the sweep goes on, resume after a kill, and the best recipe
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,10 +12,13 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 
-from zephyr.recipe import build_configs
-from zephyr.sweep import SweepConfig, export_best, make_study, run_sweep
+from zephyr.recipe import RecipeError, build_configs
+from zephyr.report import report
+from zephyr.sweep import SweepConfig, device_slots, export_best, make_study, run_sweep
+from zephyr.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,3 +88,82 @@ def test_killed_sweep_resumes_and_reruns_the_interrupted_trial(tiny_dir, tmp_pat
     assert sorted(r["params"]["beta"] for r in complete) == [0.1, 0.2, 0.3]  # each grid point done once
     interrupted = [r for r in rows if r["state"] == "FAIL"]
     assert len(interrupted) == 1 and "interrupted" in interrupted[0]["error"]
+
+
+def test_parallel_trials_share_one_reference_pass_are_grouped_and_reported(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZEPHYR_CACHE", str(tmp_path / "cache"))  # a cold cache: the first trial must compute
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TAGS", "TENSORBOARD_LOGGING_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "par"
+    values = sweep_config(tiny_dir, out, {"beta": {"choices": [0.1, 0.2, 0.3]}})
+    values["parallel"] = 2
+    values["overrides"]["report_to"] = ["mlflow", "tensorboard"]
+    rows = run_sweep(config(values))
+    assert sorted(r["params"]["beta"] for r in rows) == [0.1, 0.2, 0.3] and {r["state"] for r in rows} == {"COMPLETE"}
+    t0, t1, _ = make_study(config(values)).trials
+    assert t1.datetime_start < t0.datetime_complete  # two trials ran at once
+
+    # the reference pass (train + eval split) ran once; the other trials read the shared cache
+    saved = json.loads((out / "summary.json").read_text())["reference_cache"]
+    assert (saved["computed_passes"], saved["reused_passes"]) == (2, 4) and saved["saved_seconds"] > 0
+    assert "read from the shared cache 4 time(s)" in (out / "summary.md").read_text()
+
+    # a trial that read the cache has the losses of the same trial recomputing the reference at every step
+    cached = next(Path(r["folder"]) for r in rows
+                  if not json.loads((Path(r["folder"]) / "reference_logps.json").read_text())["train"]["computed"])
+    recipe = yaml.safe_load((cached / "zephyr_recipe.yaml").read_text())
+    again = tmp_path / "recompute"
+    cmd = [sys.executable, "-m", "zephyr.cli", "dpo", values["base"],
+           *(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values["overrides"].items()
+             if k != "report_to"), f"beta={recipe['beta']}",
+           "precompute_ref_log_probs=false", "report_to=none", f"output_dir={again}"]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    losses = [[r["loss"] for r in read_metrics(d) if "loss" in r] for d in (cached, again)]
+    assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+    # dashboards: one MLflow parent run with the trials nested under it, tagged with their parameters
+    runs = {p.name: p for p in (out / "mlruns").glob("*/*") if (p / "tags").is_dir()}
+    parent = (out / "mlflow_parent_run").read_text()
+    children = [p for p in runs.values() if (p / "tags" / "mlflow.parentRunId").is_file()]
+    assert parent in runs and len(children) == 3
+    assert all((c / "tags" / "mlflow.parentRunId").read_text() == parent for c in children)
+    assert sorted((c / "tags" / "param.beta").read_text() for c in children) == ["0.1", "0.2", "0.3"]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["trial-0", "trial-1", "trial-2"]
+
+    # report: the objective against the parameter, the ranked table, each trial's curves
+    made = report(out)
+    assert made[str(out / "report" / "objective.png")] == ["eval_rewards/margins vs beta"]
+    assert (out / "report" / "objective.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 1 | " in (out / "report" / "sweep.md").read_text()
+    assert all((out / f"trial-{i}" / "report" / "curves.png").is_file() for i in range(3))
+
+
+def test_pruning_stops_a_lagging_trial_early(tiny_dir, tmp_path):
+    out = tmp_path / "prune"
+    # trial 0 learns; trial 1 barely moves, so its eval loss lags trial 0's at the same step and it is stopped
+    values = sweep_config(tiny_dir, out, {"learning_rate": {"choices": [3e-3, 1e-9]}})
+    values["objective"] = {"metric": "eval_loss", "direction": "minimize"}
+    values["overrides"].update(max_steps=200, eval_strategy="steps", eval_steps=2, max_train_samples=64)
+    values.update(pruning={"type": "median", "n_startup_trials": 1}, poll_seconds=0.2)
+    rows = run_sweep(config(values))
+    by_lr = {r["params"]["learning_rate"]: r for r in rows}
+    assert by_lr[3e-3]["state"] == "COMPLETE"
+    pruned = by_lr[1e-9]
+    assert pruned["state"] == "PRUNED" and pruned["pruned_at"] == 2
+    steps = [r["step"] for r in read_metrics(Path(pruned["folder"]))]
+    assert max(steps) < 200 and not (Path(pruned["folder"]) / "all_results.json").exists()  # killed, not finished
+    assert "pruned at step 2" in (out / "summary.md").read_text()
+
+
+def test_device_slots_give_each_trial_its_gpus_or_a_share_of_the_cores(monkeypatch):
+    values = {"base": "b.yaml", "stage": "dpo", "output_dir": "o", "space": {"beta": {"choices": [1]}},
+              "objective": {"metric": "m"}}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert device_slots(config({**values, "parallel": 0, "gpus_per_trial": 2})) == [
+        {"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    assert device_slots(config({**values, "parallel": 3})) == [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(3)]
+    with pytest.raises(RecipeError, match="only 4 GPU"):
+        device_slots(config({**values, "gpus_per_trial": 8}))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: N processes, each with its share of the cores
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert device_slots(config({**values, "parallel": 2})) == [{"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}] * 2

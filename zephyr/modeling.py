@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,21 +12,30 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from zephyr.chat_template import ZEPHYR_CHAT_TEMPLATE
 from zephyr.configs import ModelArguments
+from zephyr.recipe import RecipeError
 
 logger = logging.getLogger(__name__)
 
 
 def load_tokenizer(args: ModelArguments) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a chat template (the recipe's, its own, or Zephyr's) and a pad token."""
+    key = "tokenizer_name_or_path" if args.tokenizer_name_or_path else "model_name_or_path"
     name = args.tokenizer_name_or_path or args.model_name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(
-        name, revision=args.model_revision, trust_remote_code=args.trust_remote_code
-    )
+    check_model_path(name, key)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, revision=args.model_revision, trust_remote_code=args.trust_remote_code
+        )
+    except (OSError, ValueError) as err:  # no tokenizer files, unreachable hub, unknown tokenizer class
+        raise RecipeError(f"{key}: cannot load a tokenizer from {name!r}: {one_line(err)}") from None
     if args.chat_template:
         tokenizer.chat_template = args.chat_template
     elif not tokenizer.chat_template:
-        logger.info("%s has no chat template: using the Zephyr template", name)
+        # On purpose (the Zephyr recipe starts from base models, which have none); it is saved with the model.
+        logger.info("%s has no chat template: using zephyr's (the Zephyr-7B format, <|user|>...</s>); set "
+                    "chat_template in the recipe to use another", name)
         tokenizer.chat_template = ZEPHYR_CHAT_TEMPLATE
+    check_chat_template(tokenizer, "chat_template" if args.chat_template else key)
     if tokenizer.pad_token is None:
         # pad == eos would hide the EOS label in collators that mask padding by id; prefer unk.
         if tokenizer.unk_token is not None:
@@ -34,6 +44,32 @@ def load_tokenizer(args: ModelArguments) -> PreTrainedTokenizerBase:
             logger.warning("%s has no pad or unk token: padding with EOS", name)
             tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def one_line(err: BaseException) -> str:
+    """transformers' messages span lines; the CLI shows a user error as one paragraph."""
+    return " ".join(str(err).split())
+
+
+def check_model_path(name: str | None, key: str) -> None:
+    """A local model path that is not there is an error naming the key; a hub id ("org/name") goes to the hub."""
+    if not name:
+        raise RecipeError(f"{key} is required (a hub id or a local model folder)")
+    path = Path(name).expanduser()
+    if not path.exists() and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
+        raise RecipeError(f"{key}: {name}: no such folder (expected a model folder with config.json and the "
+                          "tokenizer files, or a hub id such as mistralai/Mistral-7B-v0.1)")
+
+
+def check_chat_template(tokenizer: PreTrainedTokenizerBase, key: str) -> None:
+    """Render a two-turn conversation now: a broken template (or one that needs a missing eos_token) would
+    otherwise fail on the first data row, far from its cause."""
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+                                      tokenize=False)
+    except Exception as err:  # jinja2 syntax/undefined errors, a None eos_token, raise_exception(...)
+        raise RecipeError(f"{key}: the chat template cannot render a user/assistant conversation: "
+                          f"{type(err).__name__}: {one_line(err)}") from None
 
 
 def quantization_config(args: ModelArguments, dtype: torch.dtype | None) -> Any:
@@ -89,9 +125,13 @@ def model_init_kwargs(args: ModelArguments) -> dict[str, Any]:
 
 def load_model(args: ModelArguments, name_or_path: str | None = None) -> PreTrainedModel:
     path = name_or_path or args.model_name_or_path
-    if not path:
-        raise ValueError("model_name_or_path is required (a hub id or a local model folder)")
-    model = AutoModelForCausalLM.from_pretrained(path, **model_init_kwargs(args))
+    key = "model_name_or_path" if name_or_path in (None, args.model_name_or_path) else "ref_model_name_or_path"
+    check_model_path(path, key)
+    kwargs = model_init_kwargs(args)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:  # no config or weights there, an unknown model type, an unreachable hub
+        raise RecipeError(f"{key}: cannot load a model from {path!r}: {one_line(err)}") from None
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         from peft import prepare_model_for_kbit_training
 

@@ -32,20 +32,45 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"Recipe file not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(raw.decode("utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(err, "problem", None) or str(err)
         raise RecipeError(f"{where}: YAML syntax error: {problem}") from None
     except UnicodeDecodeError as err:
-        raise RecipeError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from None
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise RecipeError(
+            f"{path}:{line}: not valid UTF-8 text ({err.reason} at byte {err.start}): save the file as UTF-8"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of key: value, got {type(data).__name__}")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last one silently, so a
+    recipe that sets `learning_rate` twice would train with whichever came last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first on line {first_line[key]}): keep one",
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _KEY_EQUALS = re.compile(r"^[A-Za-z_][\w.-]*=")

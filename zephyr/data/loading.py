@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import datasets
 from datasets import Dataset, concatenate_datasets
 
 from zephyr.configs import DataArguments, DatasetSource
+from zephyr.recipe import RecipeError, build_configs, cast_value
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +32,7 @@ def load_source(source: DatasetSource) -> Dataset:
             builder = FILE_BUILDERS.get(path.suffix.lower())
             if builder is None:
                 raise DataError(f"{path}: unsupported file type (expected one of {sorted(FILE_BUILDERS)})")
-            kwargs = _csv_as_text(path) if builder == "csv" else {}
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+            ds = _load_file(path, builder)
         elif path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
@@ -47,6 +50,8 @@ def load_source(source: DatasetSource) -> Dataset:
     except DataError:
         raise
     except ValueError as err:  # datasets' unknown split and similar
+        if _no_rows(err):
+            raise DataError(f"{source.id} (split {source.split}): the split has no rows") from None
         raise DataError(f"{source.id} (split {source.split}): {err}") from None
     except Exception as err:  # the hub or a corrupt file: say which source failed
         raise DataError(f"{source.id} (split {source.split}): could not load: {type(err).__name__}: {err}") from err
@@ -56,6 +61,81 @@ def load_source(source: DatasetSource) -> Dataset:
             raise DataError(f"{source.id} (split {source.split}): missing columns {missing}; has {ds.column_names}")
         ds = ds.select_columns(source.columns)
     return ds
+
+
+def _load_file(path: Path, builder: str) -> Dataset:
+    """A local data file. Text files are checked for UTF-8 first, and a file datasets cannot parse is read again
+    to find the first broken line: datasets only says that generating the dataset failed."""
+    if builder in ("json", "csv"):
+        check_utf8(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (expected one row per line, or a table)")
+    try:
+        kwargs = _csv_as_text(path) if builder == "csv" else {}
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except Exception as err:
+        if _no_rows(err):
+            raise DataError(f"{path}: the file has no rows") from None
+        problem = first_json_problem(path) if builder == "json" else None
+        raise DataError(f"{path}: {problem or 'could not load: ' + root_cause(err)}") from None
+
+
+def _no_rows(err: Exception) -> bool:
+    return "corresponds to no data" in str(err)  # datasets' words for a file or split without rows
+
+
+def check_utf8(path: Path, chunk_size: int = 1 << 20) -> None:
+    """Raise DataError naming the line and byte of the first byte that is not UTF-8. Needed because pyarrow reads
+    such bytes into strings unchecked, and they then fail far from the file (or reach the model as garbage)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 0  # bytes and newlines before the current chunk
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_size)
+            pending = len(decoder.getstate()[0])  # bytes of a character split across chunks (never a newline)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                line = lines + err.object.count(b"\n", 0, err.start) + 1
+                raise DataError(
+                    f"{path}: line {line} (byte {offset - pending + err.start}): not valid UTF-8 ({err.reason}); "
+                    "expected UTF-8 text: re-save the file as UTF-8"
+                ) from None
+            if not chunk:
+                return
+            offset, lines = offset + len(chunk), lines + chunk.count(b"\n")
+
+
+def first_json_problem(path: Path) -> str | None:
+    """Where a JSON or JSON Lines file is broken ("line 3, column 48: not valid JSON (...)"), or None."""
+    with open(path, encoding="utf-8", newline="") as f:  # newline="": count lines as datasets does, by "\n"
+        text = f.read()
+    if not text.strip():
+        return "the file has no rows (only blank lines)"
+    if path.suffix.lower() == ".json":
+        try:
+            json.loads(text)
+            return None
+        except json.JSONDecodeError as err:
+            if err.msg != "Extra data":  # "Extra data" after the first object: a .json file in JSON Lines form
+                return f"line {err.lineno}, column {err.colno}: not valid JSON ({err.msg})"
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"line {number}, column {err.colno}: not valid JSON ({err.msg}); expected one JSON object per line"
+        if not isinstance(row, dict):
+            return f"line {number}: expected a JSON object {{...}} per line, got {type(row).__name__}"
+    return None
+
+
+def root_cause(err: BaseException) -> str:
+    """The innermost exception's text: datasets wraps the informative one ("Expected 2 fields in line 3")."""
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    return f"{type(err).__name__}: {err}"
 
 
 def _csv_as_text(path: Path) -> dict:
@@ -74,6 +154,29 @@ def _single_split(path: Path) -> bool:
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def _cast(value: Any, tp: Any, key: str) -> Any:
+    try:
+        return cast_value(value, tp, key)
+    except RecipeError as err:
+        raise DataError(str(err)) from None
+
+
+def _mixture_entry(entry: Any, where: str) -> DatasetSource:
+    """One `datasets:` entry, its keys and value types checked like a recipe's."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: expected a mapping such as {{id: org/name, split: train}}, got {entry!r}")
+    if "id" not in entry:
+        raise DataError(f"{where}: missing key 'id' (a hub id, local file or folder)")
+    if entry.get("role", "train") not in ("train", "test"):
+        raise DataError(f"{where}: role must be train or test, got {entry['role']!r}")
+    values = {k: v for k, v in entry.items() if v is not None or k == "config"}
+    try:
+        (source,) = build_configs(values, (DatasetSource,), source=where)
+    except RecipeError as err:
+        raise DataError(str(err)) from None
+    return source
 
 
 def take_weight(ds: Dataset, weight: float, seed: int) -> Dataset:
@@ -95,20 +198,15 @@ def mixture_sources(args: DataArguments) -> tuple[list[DatasetSource], int, floa
     if args.dataset_mixture:
         mixture = dict(args.dataset_mixture)
         entries = mixture.pop("datasets", None)
-        seed = int(mixture.pop("seed", 0))
+        seed = _cast(mixture.pop("seed", 0), int, "dataset_mixture.seed")
         test_size = mixture.pop("test_split_size", None)
+        if test_size is not None:
+            test_size = _cast(test_size, float, "dataset_mixture.test_split_size")
         if mixture:
             raise DataError(f"dataset_mixture: unknown keys {sorted(mixture)} (expected datasets, seed, test_split_size)")
-        if not entries:
+        if not entries or not isinstance(entries, list):
             raise DataError("dataset_mixture: 'datasets' must list at least one source")
-        sources = []
-        for i, entry in enumerate(entries):
-            try:
-                sources.append(DatasetSource(**{k: v for k, v in entry.items() if v is not None or k == "config"}))
-            except TypeError as err:
-                raise DataError(f"dataset_mixture.datasets[{i}]: {err}") from None
-            if sources[-1].role not in ("train", "test"):
-                raise DataError(f"dataset_mixture.datasets[{i}]: role must be train or test")
+        sources = [_mixture_entry(entry, f"dataset_mixture.datasets[{i}]") for i, entry in enumerate(entries)]
         return sources, seed, test_size
     if not args.dataset_name:
         raise DataError("no data: set dataset_name or dataset_mixture")

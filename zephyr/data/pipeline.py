@@ -8,6 +8,7 @@ dropped with a count and examples in the log.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from datasets import Dataset, concatenate_datasets
@@ -49,7 +50,7 @@ def canonical_rows(ds: Dataset, source: DatasetSource, kind: Kind, policy: str, 
         raise DataError(f"{name}: {err}") from None
     check = sft_problem if kind == "sft" else preference_problem
     rows, bad = [], []
-    for index, row in enumerate(tqdm(ds, desc=f"Validating {name}", disable=len(ds) < 5000)):
+    for index, row in enumerate(_rows(ds, name)):
         try:
             converted = convert_row(row, schema)
             problem = check(converted)
@@ -68,9 +69,22 @@ def canonical_rows(ds: Dataset, source: DatasetSource, kind: Kind, policy: str, 
         examples = "; ".join(f"row {i}: {p}" for i, p in bad[:3])
         logger.warning("%s: dropped %d invalid rows of %d (invalid_rows: drop). Examples: %s", name, len(bad),
                        len(ds), examples)
+    if not bad and not rows:
+        raise DataError(f"{name}: the dataset has no rows")
     if not rows:
-        raise DataError(f"{name}: no valid rows left ({len(bad)} invalid)")
+        raise DataError(f"{name}: no valid rows left ({len(bad)} invalid); e.g. row {bad[0][0]}: {bad[0][1]}")
     return Dataset.from_list(rows)
+
+
+def _rows(ds: Dataset, name: str) -> Iterator[dict]:
+    """The rows of `ds`; text that is not UTF-8 (pyarrow stores it unchecked) is an error naming the row."""
+    done = 0
+    try:
+        for row in tqdm(ds, desc=f"Validating {name}", disable=len(ds) < 5000):
+            yield row
+            done += 1
+    except UnicodeDecodeError as err:
+        raise DataError(f"{name}: row {done}: text is not valid UTF-8 ({err.reason}); expected UTF-8 strings") from None
 
 
 def load_split_sets(args: DataArguments, kind: Kind, report: DataReport) -> tuple[Dataset, Dataset | None]:
@@ -185,8 +199,10 @@ def prepare_datasets(
         train = enforce_max_length(train, tokenizer, max_length, kind, args.long_rows, "train", report)
         if test is not None:
             test = enforce_max_length(test, tokenizer, max_length, kind, args.long_rows, "eval", report)
-    if len(train) == 0:
-        raise DataError(f"no training rows left after filtering (dropped: {report.dropped})")
+    for split, ds in (("training", train), ("eval", test)):
+        if ds is not None and len(ds) == 0:
+            raise DataError(f"no {split} rows left after filtering (dropped: {report.dropped}): expected at least one; "
+                            "check max_length, long_rows, max_train_samples/max_eval_samples and decontamination")
     train = file_backed(train, f"{kind}-train")
     test = file_backed(test, f"{kind}-eval") if test is not None else None
     report.train_rows, report.eval_rows = len(train), len(test) if test is not None else 0
