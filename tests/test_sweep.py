@@ -167,3 +167,16 @@ def test_device_slots_give_each_trial_its_gpus_or_a_share_of_the_cores(monkeypat
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: N processes, each with its share of the cores
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert device_slots(config({**values, "parallel": 2})) == [{"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}] * 2
+
+
+def test_a_trial_runs_under_accelerate_launch_when_configured(tiny_dir, tmp_path):
+    values = sweep_config(tiny_dir, tmp_path / "acc", {"beta": {"choices": [0.1]}})
+    values["accelerate_config"] = "cpu_2proc"
+    values["overrides"].update(max_train_samples=64, per_device_train_batch_size=16)
+    (row,) = run_sweep(config(values))
+    assert row["state"] == "COMPLETE"
+    log = (Path(row["folder"]) / "trial.log").read_text()
+    assert "accelerate.commands.launch --config_file" in log and "cpu_2proc.yaml" in log
+    # 64 rows at 16 per process: one process would need 4 steps per epoch, two processes need 2
+    train_logs = [r for r in read_metrics(Path(row["folder"])) if "loss" in r]
+    assert [r["epoch"] for r in train_logs] == [0.5, 1.0]
