@@ -51,6 +51,8 @@ def test_grid_runs_every_combination_ranks_them_and_exports_the_best(tiny_dir, t
     best = yaml.safe_load(export_best(cfg, tmp_path / "best.yaml").read_text())
     assert (best["beta"], best["learning_rate"]) == (rows[0]["params"]["beta"], rows[0]["params"]["learning_rate"])
     assert best["loss_type"] == ["sigmoid"]  # the rest of the base recipe is kept
+    assert yaml.safe_load((tmp_path / "grid" / "best_recipe.yaml").read_text()) == best  # written at the end
+    assert (tmp_path / "grid" / "report" / "objective.png").is_file()
     assert run_sweep(cfg) == rows  # rerun: everything finished, nothing runs again
 
 

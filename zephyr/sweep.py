@@ -295,7 +295,14 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     with ThreadPoolExecutor(len(slots)) as pool:
         for future in [pool.submit(worker, slot) for slot in slots]:
             future.result()
-    return summarize(cfg, study)
+    rows = summarize(cfg, study)
+    if any(r["state"] == "COMPLETE" for r in rows):
+        from zephyr.report import plot_sweep
+
+        plot, _ = plot_sweep(Path(cfg.output_dir))
+        best = export_best(cfg, Path(cfg.output_dir) / "best_recipe.yaml")
+        logger.info("objective plots: %s; best recipe: %s (run it: zephyr %s %s)", plot, best, cfg.stage, best)
+    return rows
 
 
 def run_one(cfg: SweepConfig, trial, slot: dict[str, str], group_env: dict[str, str]) -> tuple[Any, float | None]:
@@ -392,7 +399,9 @@ def summarize(cfg: SweepConfig, study) -> list[dict[str, Any]]:
     if saved["reused_passes"]:
         lines += ["", f"Reference log-probs (train and eval passes): computed {saved['computed_passes']} time(s) "
                   f"in {saved['computed_seconds']:.1f} s, read from the shared cache {saved['reused_passes']} "
-                  f"time(s), saving {saved['saved_seconds']:.1f} s of reference forward passes."]
+                  f"time(s), saving {saved['saved_seconds']:.1f} s of reference forward passes"
+                  + (f" (+ {saved['reused_without_recorded_cost']} cached pass(es) of unrecorded cost)."
+                     if saved["reused_without_recorded_cost"] else ".")]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     logger.info("sweep results (%s %s):\n%s", cfg.objective.direction, cfg.objective.metric, "\n".join(lines))
     return rows
@@ -401,7 +410,7 @@ def summarize(cfg: SweepConfig, study) -> list[dict[str, Any]]:
 def reference_compute_saved(folders: list[Path]) -> dict[str, float]:
     """Add up the trials' reference passes (reference_logps.json, written by the dDPO stage): how many ran, how
     many came from the shared cache, and what computing those would have cost (measured when it was computed)."""
-    computed = reused = 0
+    computed = reused = unknown = 0
     seconds = saved = 0.0
     for folder in folders:
         path = folder / "reference_logps.json"
@@ -410,8 +419,9 @@ def reference_compute_saved(folders: list[Path]) -> dict[str, float]:
                 computed, seconds = computed + 1, seconds + split["seconds"]
             else:
                 reused, saved = reused + 1, saved + (split.get("cost_seconds") or 0.0)
+                unknown += split.get("cost_seconds") is None  # cached by a zephyr that did not record costs
     return {"computed_passes": computed, "computed_seconds": round(seconds, 3), "reused_passes": reused,
-            "saved_seconds": round(saved, 3)}
+            "saved_seconds": round(saved, 3), "reused_without_recorded_cost": unknown}
 
 
 def export_best(cfg: SweepConfig, path: Path) -> Path:
