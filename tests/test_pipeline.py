@@ -21,14 +21,22 @@ from zephyr.pipeline import MARKER, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Fake credentials in the environment of every pipeline run (and a hub_token in the dSFT and dDPO overrides):
+# none may appear in any file the pipeline writes or in its log.
+SECRETS = {"HF_TOKEN": "hf_FAKEpipelineTOKEN4242", "WANDB_API_KEY": "fakepipelinewandbkey00000000000000000000",
+           "OPENAI_API_KEY": "sk-FAKEpipelineOPENAI4242"}
+HUB_TOKEN = "hf_FAKEpipelineHUBtoken7777"
+
+
 # The shipped tiny pipeline, shortened: a smaller model, fewer rows, steps and prompts.
 SHORTEN = {
     "sft": {"max_train_samples": 256, "num_train_epochs": 2, "per_device_train_batch_size": 32,
             "save_strategy": "steps", "save_steps": 4, "save_total_limit": 2, "eval_strategy": "no",
-            "logging_steps": 1},
+            "logging_steps": 1, "hub_token": HUB_TOKEN},
     "aif": {"prompts.max_prompts": 24, "generators.0.num_completions": 2, "generators.0.batch_size": 16,
             "generators.1.batch_size": 16},
-    "dpo": {"num_train_epochs": 1, "per_device_train_batch_size": 4, "eval_strategy": "no", "logging_steps": 1},
+    "dpo": {"num_train_epochs": 1, "per_device_train_batch_size": 4, "eval_strategy": "no", "logging_steps": 1,
+            "hub_token": HUB_TOKEN},
     "eval": {"bootstrap_samples": 200, "reward_accuracy.max_pairs": 4},
 }
 
@@ -45,7 +53,8 @@ def short_pipeline(tmp_path: Path) -> Path:
 
 
 def run_cli(pipeline: Path, root: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # same maths in every process
+    env = {**os.environ, **SECRETS, "WANDB_MODE": "offline",
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # same maths in every process
     return subprocess.Popen([sys.executable, "-m", "zephyr.cli", "run", str(pipeline), "--root", str(root), *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -84,6 +93,17 @@ def reference(tmp_path_factory):
     root = tmp / "uninterrupted"
     log = finish(run_cli(pipeline, root))
     return pipeline, root, log
+
+
+def test_no_secret_reaches_any_file_or_the_log(reference):
+    _, root, log = reference
+    secrets = [*SECRETS.values(), HUB_TOKEN]
+    files = [p for p in root.rglob("*") if p.is_file()]
+    for path in files:  # models, checkpoints (training_args.bin), recipes, stores, results, logs
+        data = path.read_bytes()
+        assert not any(s.encode() in data for s in secrets), path
+    assert any(p.name == "training_args.bin" for p in files) and any(p.name == "zephyr_recipe.yaml" for p in files)
+    assert not any(s in log for s in secrets)
 
 
 def test_every_stage_runs_in_order_and_writes_its_outputs(reference):
