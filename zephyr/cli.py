@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -67,7 +69,26 @@ def relaunch_with_accelerate(command: str, argv: list[str]) -> int | None:
         cmd += ["--main_process_port", str(free_port())]  # two jobs on one machine must not share 29500
     cmd += ["-m", "zephyr.cli", command, *rest]
     print("zephyr: running " + " ".join(cmd[2:]), file=sys.stderr)
-    return subprocess.call(cmd)
+    return run_launcher(cmd)
+
+
+def run_launcher(cmd: list[str]) -> int:
+    """Run `accelerate launch` and wait for it, so that a stop request reaches the ranks and they can save.
+
+    SIGTERM sent to this process is passed to the launcher, which passes it to every rank. SIGINT (Ctrl-C) already
+    reaches the whole process group from the terminal, so here it only must not end this process while the ranks
+    finish their step and save. The launcher kills ranks that have not exited TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+    seconds after a signal: 30 by default, 600 here, as saving a large model can take minutes.
+    """
+    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")}
+    proc = subprocess.Popen(cmd, env=env)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum)),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def free_port() -> int:

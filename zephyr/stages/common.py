@@ -15,9 +15,10 @@ import datasets
 import transformers
 import yaml
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
+from zephyr.checkpointing import last_complete_checkpoint, remove_leftovers
 from zephyr.recipe import load_recipe
+from zephyr.stages.reliability import TrainingStopped
 from zephyr.tracking import prepare_tracking, tracking_callbacks
 
 logger = logging.getLogger("zephyr")
@@ -48,14 +49,19 @@ def setup_logging(training_args: Any) -> None:
 
 
 def resume_checkpoint(training_args: Any) -> str | None:
-    """The last checkpoint in output_dir when the recipe allows resuming, else None."""
+    """The last complete checkpoint in output_dir when the recipe allows resuming, else None. Half-written saves
+    of a crashed run are removed first (by the one process that saves, before any training step)."""
     out = training_args.output_dir
-    if not getattr(training_args, "resume", True) or not os.path.isdir(out):
+    if not os.path.isdir(out):
         return None
-    checkpoint = get_last_checkpoint(out)
+    if training_args.should_save:
+        remove_leftovers(out)
+    if not getattr(training_args, "resume", True):
+        return None
+    checkpoint = last_complete_checkpoint(out)
     if checkpoint:
         logger.info("resuming from %s (set resume: false to start over)", checkpoint)
-    return checkpoint
+    return str(checkpoint) if checkpoint else None
 
 
 def public_values(*configs: Any) -> dict[str, Any]:
@@ -114,7 +120,12 @@ def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ..
     for callback in tracking_callbacks(training_args):
         trainer.add_callback(callback)
     checkpoint = resume_checkpoint(training_args)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except TrainingStopped as stop:  # signal, nan/inf, full disk: say why and how to go on; no final model
+        if trainer.accelerator.is_main_process:
+            print(f"zephyr: {stop}", file=sys.stderr, flush=True)
+        raise
     metrics = {**result.metrics, "train_samples": report.train_rows}
     tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
     if tokens and metrics.get("train_runtime") and checkpoint is None:  # after a resume the count spans both runs

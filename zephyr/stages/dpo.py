@@ -10,7 +10,6 @@ from pathlib import Path
 
 from datasets.fingerprint import Hasher
 from filelock import FileLock
-from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOTrainer
 
 from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig
@@ -19,12 +18,14 @@ from zephyr.data.cache import content_digest
 from zephyr.modeling import load_model, load_tokenizer, lora_config
 from zephyr.packing import PackedForward
 from zephyr.stages.common import train_stage
+from zephyr.stages.reliability import ReliableTrainerMixin, SeededLengthGroupedSampler, data_seed
 
 CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrDPOConfig)
 
 
-class ZephyrDPOTrainer(DPOTrainer):
-    """TRL's DPOTrainer whose on-disk cache of precomputed reference log-probs survives unrelated changes.
+class ZephyrDPOTrainer(ReliableTrainerMixin, DPOTrainer):
+    """TRL's DPOTrainer whose on-disk cache of precomputed reference log-probs survives unrelated changes, with
+    clean stops, a non-finite guard, atomic checkpoints and exact resume (zephyr/stages/reliability.py).
 
     TRL keys that cache by the tokenized dataset's fingerprint, which hashes the whole DPOConfig (a filter
     closure captures it): changing output_dir or the learning rate misses the cache and recomputes the whole
@@ -76,8 +77,8 @@ class ZephyrDPOTrainer(DPOTrainer):
             ds = self.train_dataset
             lengths = [len(p) + max(len(c), len(r))
                        for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True)]
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=lengths)
+            return SeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                              lengths, data_seed(self.args))
         return super()._get_train_sampler(train_dataset)
 
 

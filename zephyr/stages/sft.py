@@ -8,14 +8,20 @@ from zephyr.configs import DataArguments, ModelArguments, ZephyrSFTConfig
 from zephyr.data import prepare_datasets
 from zephyr.modeling import load_model, load_tokenizer, lora_config
 from zephyr.stages.common import train_stage
+from zephyr.stages.reliability import ReliableTrainerMixin
 
 CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrSFTConfig)
+
+
+class ZephyrSFTTrainer(ReliableTrainerMixin, SFTTrainer):
+    """TRL's SFTTrainer with clean stops, a non-finite guard, atomic checkpoints and exact resume
+    (zephyr/stages/reliability.py)."""
 
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: ZephyrSFTConfig):
     tokenizer = load_tokenizer(model_args)
     train_ds, eval_ds, report = prepare_datasets(data_args, "sft", tokenizer, training_args.max_length)
-    trainer = SFTTrainer(
+    trainer = ZephyrSFTTrainer(
         model=load_model(model_args),
         args=training_args,
         train_dataset=train_ds,
