@@ -8,7 +8,12 @@
 # count: the global batch is per_device_train_batch_size x gradient_accumulation_steps x nodes x GPUS_PER_NODE,
 # all taken from the recipe (the DeepSpeed section of the accelerate config leaves them to it, so they cannot
 # disagree). Only rank 0 writes the final model, metrics and dashboard logs.
+#
+# Preemption and time limits: SIGTERM makes every rank finish its step, save a checkpoint and exit; resubmitting
+# (or `--requeue`, which reruns this same script) resumes from it. --signal asks for that SIGTERM 5 minutes before
+# the time limit, and the launcher waits up to TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds for the ranks to save.
 #SBATCH --job-name=zephyr
+#SBATCH --signal=TERM@300
 #SBATCH --ntasks-per-node=1
 #SBATCH --gres=gpu:8
 #SBATCH --exclusive
@@ -29,6 +34,7 @@ NODES=${SLURM_NNODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)
 MASTER_PORT=${MASTER_PORT:-29500}
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}
 echo "zephyr: $STAGE on $NODES node(s) x $GPUS_PER_NODE processes, rendezvous at $MASTER_ADDR:$MASTER_PORT"
 
 # Single quotes: SLURM_PROCID (the node rank) is expanded on each node by srun's shell, not here.

@@ -37,12 +37,12 @@ def one_thread():
 
 
 def recipe(folder: Path, tiny: Path, out: Path, n: int = N_PROMPTS, judge: dict | None = None,
-           binarization: dict | None = None) -> Path:
+           binarization: dict | None = None, model: Path | None = None) -> Path:
     cfg = {
         "prompts": {"id": str(tiny / "data" / "prefs"), "split": "train_prefs", "column": "prompt",
                     "max_prompts": n},
         "generators": [
-            {"name": f"sampler-{seed}", "backend": "transformers", "model": str(tiny / "model"), "dtype": "float32",
+            {"name": f"sampler-{seed}", "backend": "transformers", "model": str(model or tiny / "model"), "dtype": "float32",
              "num_completions": 2, "temperature": 1.0, "max_new_tokens": 16, "batch_size": 8, "seed": seed}
             for seed in (1, 2)
         ],
@@ -186,6 +186,23 @@ def test_changed_judge_rejudges_without_regenerating(baseline, tiny_dir, tmp_pat
     assert (summary.completions_new, summary.judged_new) == (0, 0)
     assert complete_lines(out / "judgments.jsonl") == 360
     assert all_rows(out) == all_rows(base_out)
+
+
+def test_a_generator_retrained_in_place_regenerates_and_a_moved_one_does_not(baseline, tiny_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "gen"
+    shutil.copytree(tiny_dir / "model", model)
+    (model / "zephyr_stage.json").write_text("{}")  # run files beside the weights do not count
+    path, out = copy_run(baseline, tiny_dir, tmp_path, "moved", n=20, model=model)
+    summary = aif.main([str(path)])  # same weights, another folder: every answer is reused
+    assert (summary.completions_new, summary.judged_new) == (0, 0)
+
+    weights = load_file(model / "model.safetensors")
+    name = next(iter(weights))
+    save_file({**weights, name: weights[name] + 0.01}, model / "model.safetensors", metadata={"format": "pt"})
+    summary = aif.main([str(path)])  # same path, new weights (a dSFT rerun): nothing stale is served
+    assert (summary.completions_new, summary.judged_new) == (20 * PER_PROMPT, 20)
 
 
 # ------------------------------------------------------------------------------------------------ rebinarize

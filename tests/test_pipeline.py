@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,4 +159,21 @@ def test_kill_between_stages_then_rerun_skips_what_is_done(reference, tmp_path):
     proc.wait()
     log = finish(run_cli(pipeline, root))
     assert "stage sft: already complete" in log and "stage aif: already complete" in log
+    assert_same(outputs(root), outputs(ref_root))
+
+
+def test_forced_rerun_killed_midway_resumes_its_own_checkpoints_not_the_old_runs(reference, tmp_path):
+    pipeline, ref_root, _ = reference
+    root = tmp_path / "forced"
+    shutil.copytree(ref_root, root)  # a finished run, with its last dSFT checkpoints
+    assert {p.name for p in (root / "sft").glob("checkpoint-*")} == {"checkpoint-12", "checkpoint-16"}
+    proc = run_cli(pipeline, root, "--from", "sft")  # retrain from scratch...
+    wait_for(lambda: (root / "sft" / "checkpoint-4" / "trainer_state.json").exists(), proc)
+    proc.send_signal(signal.SIGKILL)  # ...and die early
+    proc.wait()
+    assert not (root / "sft" / MARKER).exists()  # the folder no longer holds a finished stage
+    assert not (root / "sft" / "checkpoint-16").exists()  # the old run's checkpoints went when training restarted
+    log = finish(run_cli(pipeline, root))
+    assert f"resuming from {root / 'sft' / 'checkpoint-4'}" in log
+    assert "stage aif: starting" in log and "stage dpo: starting" in log  # what follows dSFT is redone
     assert_same(outputs(root), outputs(ref_root))

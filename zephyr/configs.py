@@ -129,7 +129,8 @@ class _ZephyrTrainingDefaults:
     """Defaults shared by our SFT and DPO configs (mixed in before TRL's class so these win)."""
 
     resume: bool = field(
-        default=True, metadata={"help": "Resume from the last checkpoint in output_dir when there is one."}
+        default=True, metadata={"help": "Resume from the last complete checkpoint in output_dir when there is one. "
+                                "false: start over, removing the checkpoints a previous run left there."}
     )
     bf16: bool | None = field(
         default=None,

@@ -154,6 +154,7 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
             inputs_time = done
             continue
         logger.info("stage %s: starting (outputs in %s)", name, folder)
+        (folder / MARKER).unlink(missing_ok=True)  # from now on the folder holds a run that has not finished
         t0 = time.time()
         run_stage(name, stage, force=name in forced)
         timings[name] = time.time() - t0

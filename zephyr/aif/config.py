@@ -3,9 +3,11 @@ override a nested key with a dotted name: `--judge.max_retries 5`, `--generators
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 Backend = Literal["transformers", "vllm", "openai"]
@@ -71,7 +73,7 @@ class GeneratorConfig(EndpointSettings):
         """Changes when anything that changes the answers changes (not batch size, concurrency, timeouts)."""
         keep = {k: v for k, v in asdict(self).items()
                 if k not in TRANSPORT_KEYS + ("name",)}
-        return stable_hash(keep)
+        return stable_hash({**keep, "model": model_fingerprint(self.model)})
 
 
 @dataclass
@@ -97,7 +99,7 @@ class JudgeConfig(EndpointSettings):
     def settings_hash(self) -> str:
         keep = {k: v for k, v in asdict(self).items()
                 if k not in TRANSPORT_KEYS}
-        return stable_hash(keep)
+        return stable_hash({**keep, "model": model_fingerprint(self.model)})
 
 
 @dataclass
@@ -138,3 +140,32 @@ def require_unique_names(section: str, names: list[str]) -> None:
 
 def stable_hash(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def model_fingerprint(model: str) -> str:
+    """What identifies a model's answers. A local folder is identified by its files' contents, not its path: a
+    dSFT model retrained in place (`zephyr run --from sft`) must not be served the answers stored for its old
+    weights, while the same weights moved elsewhere keep them. Hub ids and endpoint names stand for themselves."""
+    folder = Path(model)
+    if not model or not folder.is_dir():
+        return model
+    files = sorted(p for p in folder.iterdir() if p.is_file() and shapes_answers(p.name))
+    return _folder_digest(str(folder), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+def shapes_answers(name: str) -> bool:
+    """Weights, configs, tokenizer and chat template; not the run's logs, metrics or markers beside them."""
+    return (name.endswith((".safetensors", "config.json", ".model", ".jinja"))
+            or name.startswith(("tokenizer", "pytorch_model", "adapter_model", "special_tokens", "chat_template")))
+
+
+@functools.cache
+def _folder_digest(folder: str, stamps: tuple) -> str:
+    """sha256 over the folder's files (read once per process and file state: ~10 s for a 7B model)."""
+    digest = hashlib.sha256()
+    for name, _, _ in stamps:
+        digest.update(name.encode() + b"\0")
+        with open(Path(folder) / name, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]

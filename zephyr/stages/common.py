@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import transformers
 import yaml
 from transformers import set_seed
 
-from zephyr.checkpointing import last_complete_checkpoint, remove_leftovers
+from zephyr.checkpointing import checkpoints, last_complete_checkpoint, remove_leftovers
 from zephyr.recipe import load_recipe
 from zephyr.stages.reliability import TrainingStopped
 from zephyr.tracking import prepare_tracking, tracking_callbacks
@@ -57,6 +58,11 @@ def resume_checkpoint(training_args: Any) -> str | None:
     if training_args.should_save:
         remove_leftovers(out)
     if not getattr(training_args, "resume", True):
+        if training_args.should_save:
+            # starting over: the old run's checkpoints would otherwise be what an interrupted new run resumes from
+            for old in checkpoints(out):
+                logger.info("resume: false: removing %s of the previous run", old)
+                shutil.rmtree(old)
         return None
     checkpoint = last_complete_checkpoint(out)
     if checkpoint:
