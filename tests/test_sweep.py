@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import yaml
 
 from zephyr.recipe import RecipeError, build_configs
 from zephyr.report import report
-from zephyr.sweep import SweepConfig, device_slots, export_best, make_study, run_sweep
+from zephyr.sweep import SweepConfig, device_slots, export_best, make_study, requeue_interrupted, run_sweep
 from zephyr.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,27 +70,44 @@ def test_random_and_tpe_sample_the_space_and_a_failing_trial_is_recorded(tiny_di
                 assert r["state"] == "COMPLETE" and isinstance(r["value"], float)
 
 
-def test_killed_sweep_resumes_and_reruns_the_interrupted_trial(tiny_dir, tmp_path):
+def test_killed_sweep_resumes_and_reruns_the_interrupted_trial_from_its_checkpoint(tiny_dir, tmp_path):
     out = tmp_path / "killed"
     values = sweep_config(tiny_dir, out, {"beta": {"choices": [0.1, 0.2, 0.3]}})
+    values["overrides"].update(max_steps=6, save_strategy="steps", save_steps=1)
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(values))
     proc = subprocess.Popen([sys.executable, "-m", "zephyr.cli", "sweep", str(path)], cwd=REPO,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while not (out / "trial-1" / "trial.log").exists():  # trial 0 finished, trial 1 running
+    while not any((out / "trial-1").glob("checkpoint-*")):  # trial 0 finished, trial 1 has saved a checkpoint
         assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.1)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its running trial
     proc.wait()
     study = make_study(config(values))
     assert [t.state for t in study.trials][:2] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
     rows = run_sweep(config(values))
-    complete = [r for r in rows if r["state"] == "COMPLETE"]
-    assert sorted(r["params"]["beta"] for r in complete) == [0.1, 0.2, 0.3]  # each grid point done once
-    interrupted = [r for r in rows if r["state"] == "FAIL"]
-    assert len(interrupted) == 1 and "interrupted" in interrupted[0]["error"]
+    assert sorted(r["params"]["beta"] for r in rows) == [0.1, 0.2, 0.3]  # each grid point done once
+    assert {r["state"] for r in rows} == {"COMPLETE"}  # the interrupted attempt is not a result
+    rerun = next(r for r in rows if r["folder"] == str(out / "trial-1"))  # same folder: resumed, not restarted
+    assert rerun["trial"] != 1 and "resuming from" in (out / "trial-1" / "trial.log").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted_and_rerun"] == [1]
+    assert "Interrupted by a killed sweep and run again: trial(s) [1]" in (out / "summary.md").read_text()
+
+
+def test_a_trial_another_live_worker_runs_is_not_requeued(tmp_path):
+    values = {"base": "b.yaml", "stage": "dpo", "output_dir": str(tmp_path / "s"),
+              "space": {"beta": {"choices": [0.1]}}, "objective": {"metric": "m"}}
+    study = make_study(config(values))
+    here, elsewhere, dead = study.ask(), study.ask(), study.ask()
+    here.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # alive: this very process
+    elsewhere.set_user_attr("worker", "another-machine:1234")  # cannot be checked from here: left running
+    dead.set_user_attr("worker", f"{socket.gethostname()}:{2**22 + 12345}")  # no such process
+    assert requeue_interrupted(study) == 1
+    states = [t.state.name for t in study.trials]
+    assert states == ["RUNNING", "RUNNING", "FAIL", "WAITING"]
 
 
 def test_parallel_trials_share_one_reference_pass_are_grouped_and_reported(tiny_dir, tmp_path, monkeypatch):

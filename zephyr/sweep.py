@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -222,15 +223,33 @@ def make_study(cfg: SweepConfig):
 
 
 def requeue_interrupted(study) -> int:
-    """Trials a killed sweep left RUNNING: mark them failed and queue their parameters to run again."""
+    """Trials that a killed sweep on this machine left RUNNING: mark them interrupted and queue their parameters
+    again, in the same folder (a training stage then resumes from its last checkpoint). Trials that workers on
+    other machines are running (a shared PostgreSQL study) are left alone: rerunning there requeues theirs."""
     import optuna
 
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    host = socket.gethostname()
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING
+             and ("worker" not in t.user_attrs or worker_is_dead(t.user_attrs["worker"], host))]
     for t in stale:
         study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted; rerun with the same parameters")
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params, skip_if_exists=False)
+        study.enqueue_trial(t.params, user_attrs={"folder": t.user_attrs.get("folder"), "rerun_of": t.number})
     return len(stale)
+
+
+def worker_is_dead(worker: str, host: str) -> bool:
+    """`worker` is "host:pid" of the sweep process that ran a trial; only this host's can be checked."""
+    worker_host, _, pid = worker.rpartition(":")
+    if worker_host != host:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
 
 
 def is_finished(t) -> bool:
@@ -310,8 +329,10 @@ def run_one(cfg: SweepConfig, trial, slot: dict[str, str], group_env: dict[str, 
     import optuna
 
     params = {name: suggest(trial, name, spec) for name, spec in cfg.space.items()}
-    folder = Path(cfg.output_dir) / f"trial-{trial.number}"
+    # a trial queued again after a kill runs in the interrupted one's folder, to resume from its checkpoint
+    folder = Path(trial.user_attrs.get("folder") or Path(cfg.output_dir) / f"trial-{trial.number}")
     trial.set_user_attr("folder", str(folder))
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     tags = {"zephyr.sweep": Path(cfg.output_dir).name, "zephyr.trial": str(trial.number),
             **{f"param.{k}": str(v) for k, v in params.items()}}
     env = {**os.environ, **group_env, **slot, "ZEPHYR_RUN_TAGS": json.dumps(tags)}
@@ -377,15 +398,17 @@ def summarize(cfg: SweepConfig, study) -> list[dict[str, Any]]:
     import optuna
 
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
+    interrupted = [t.number for t in study.trials if t.state in done and not is_finished(t)]  # and run again
     rows = [{"trial": t.number, "params": t.params, "value": t.value, "state": t.state.name,
              "error": t.user_attrs.get("error"), "pruned_at": t.user_attrs.get("pruned_at"),
              "folder": t.user_attrs.get("folder")}
-            for t in study.trials if t.state in done]
+            for t in study.trials if t.state in done and t.number not in interrupted]
     sign = -1 if cfg.objective.direction == "maximize" else 1
     rows.sort(key=lambda r: (r["value"] is None, sign * (r["value"] or 0)))
     out = Path(cfg.output_dir)
     saved = reference_compute_saved([Path(r["folder"]) for r in rows if r["folder"]])
-    summary = {"objective": vars(cfg.objective), "space": list(cfg.space), "trials": rows, "reference_cache": saved}
+    summary = {"objective": vars(cfg.objective), "space": list(cfg.space), "trials": rows,
+               "interrupted_and_rerun": interrupted, "reference_cache": saved}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [f"| rank | trial | {' | '.join(cfg.space)} | {cfg.objective.metric} |",
              "|---|---|" + "---|" * (len(cfg.space) + 1)]
@@ -396,6 +419,8 @@ def summarize(cfg: SweepConfig, study) -> list[dict[str, Any]]:
             value = f"{r['value']:.4g}" if r["value"] is not None else f"failed: {r['error']}"
         lines.append(f"| {rank} | {r['trial']} | " + " | ".join(str(r["params"].get(k)) for k in cfg.space)
                      + f" | {value} |")
+    if interrupted:
+        lines += ["", f"Interrupted by a killed sweep and run again: trial(s) {interrupted}."]
     if saved["reused_passes"]:
         lines += ["", f"Reference log-probs (train and eval passes): computed {saved['computed_passes']} time(s) "
                   f"in {saved['computed_seconds']:.1f} s, read from the shared cache {saved['reused_passes']} "
