@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+from pathlib import Path
+
 import torch
 
 from zephyr.evaluation.reward_accuracy import sequence_logps  # noqa: F401  (re-exported for tests)
@@ -42,3 +45,24 @@ def stage_configs(stage: str, tiny, tmp_path, **overrides):
     values.update(overrides)
     classes = sft.CONFIG_CLASSES if stage == "sft" else dpo.CONFIG_CLASSES
     return build_configs(values, classes)
+
+
+def wandb_run_record(path: Path):
+    """The run record (group, project, name, tags) of an offline wandb run file. The file is a LevelDB-style log
+    (32 KiB blocks of chunks with a 7-byte header) of wandb Record protobufs, after a 7-byte W&B header."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, chunks = path.read_bytes(), 7, b""
+    while pos + 7 <= len(data):
+        if (left := 32768 - pos % 32768) < 7 or data[pos:pos + 7] == bytes(7):  # block padding
+            pos += left
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+        chunks, pos = chunks + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunks)
+            chunks = b""
+            if record.WhichOneof("record_type") == "run":
+                return record.run
+    raise AssertionError(f"{path}: no run record")

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers import wandb_run_record
 
 from zephyr.recipe import RecipeError, build_configs
 from zephyr.report import report
@@ -112,12 +114,13 @@ def test_a_trial_another_live_worker_runs_is_not_requeued(tmp_path):
 
 def test_parallel_trials_share_one_reference_pass_are_grouped_and_reported(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ZEPHYR_CACHE", str(tmp_path / "cache"))  # a cold cache: the first trial must compute
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TAGS", "TENSORBOARD_LOGGING_DIR"):
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TAGS", "TENSORBOARD_LOGGING_DIR", "TRACKIO_DIR", "WANDB_DIR",
+                 "WANDB_RUN_GROUP", "WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT", "WANDB_TAGS", "ZEPHYR_PROJECT"):
         monkeypatch.delenv(name, raising=False)
     out = tmp_path / "par"
     values = sweep_config(tiny_dir, out, {"beta": {"choices": [0.1, 0.2, 0.3]}})
     values["parallel"] = 2
-    values["overrides"]["report_to"] = ["mlflow", "tensorboard"]
+    values["overrides"]["report_to"] = ["mlflow", "tensorboard", "trackio", "wandb"]
     rows = run_sweep(config(values))
     assert sorted(r["params"]["beta"] for r in rows) == [0.1, 0.2, 0.3] and {r["state"] for r in rows} == {"COMPLETE"}
     t0, t1, _ = make_study(config(values)).trials
@@ -149,6 +152,13 @@ def test_parallel_trials_share_one_reference_pass_are_grouped_and_reported(tiny_
     assert all((c / "tags" / "mlflow.parentRunId").read_text() == parent for c in children)
     assert sorted((c / "tags" / "param.beta").read_text() for c in children) == ["0.1", "0.2", "0.3"]
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["trial-0", "trial-1", "trial-2"]
+    db = sqlite3.connect(out / "trackio" / "par.db")  # one trackio project named after the sweep
+    assert {r for (r,) in db.execute("select distinct run_name from metrics")} == {f"par-trial-{i}" for i in range(3)}
+    for i in range(3):  # wandb, offline without a key: each trial's run in the sweep's group, tagged
+        (run_file,) = (out / f"trial-{i}" / "wandb").glob("offline-run-*/run-*.wandb")
+        run = wandb_run_record(run_file)
+        assert (run.run_group, run.project, run.display_name) == ("par", "par", f"par-trial-{i}")
+        assert f"zephyr.trial={i}" in run.tags and any(t.startswith("param.beta=0.") for t in run.tags)
 
     # report: the objective against the parameter, the ranked table, each trial's curves
     made = report(out)

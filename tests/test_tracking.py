@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import wandb_run_record
 
 from zephyr.tracking import prepare_tracking, recipe_hash
 
@@ -77,8 +78,11 @@ def test_wandb_writes_an_offline_run_with_the_metrics_and_tags(dashboard_run):
     out, _ = dashboard_run
     (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
     data = run_file.read_bytes()
-    for name in (b"train/loss", b"train/rewards/margins", b"eval/rewards/accuracies", b"zephyr.stage=dpo"):
+    for name in (b"train/loss", b"train/rewards/margins", b"eval/rewards/accuracies"):
         assert name in data, name
+    run = wandb_run_record(run_file)
+    assert run.project == "zephyr" and run.display_name == next((out / "runs").iterdir()).name
+    assert "zephyr.stage=dpo" in run.tags and any(t.startswith("zephyr.recipe_hash=") for t in run.tags)
 
 
 def test_trackio_database_holds_the_run_and_its_metrics(dashboard_run):
@@ -135,9 +139,10 @@ def test_training_args_bin_loads_with_weights_only_and_has_no_token(dashboard_ru
 def test_wandb_goes_offline_without_a_key_and_tags_carry_the_stage(tmp_path, monkeypatch):
     from zephyr.configs import ZephyrDPOConfig
 
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # what prepare_tracking sets stays in this test
     for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_TAGS", "WANDB_PROJECT", "ZEPHYR_RUN_TAGS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ZEPHYR_RUN_TAGS", json.dumps({"param.beta": "0.2"}))
+        os.environ.pop(name, None)
+    os.environ["ZEPHYR_RUN_TAGS"] = json.dumps({"param.beta": "0.2"})
     args = ZephyrDPOConfig(output_dir=str(tmp_path / "run"), report_to=["wandb"])
     tags = prepare_tracking(args, "dpo", {"beta": 0.2, "output_dir": "anywhere"})
     digest = recipe_hash({"beta": 0.2, "output_dir": "elsewhere"})  # where it writes is not what it does
@@ -145,7 +150,7 @@ def test_wandb_goes_offline_without_a_key_and_tags_carry_the_stage(tmp_path, mon
     assert args.run_name == f"dpo-{digest}" and args.project == "zephyr"
     assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_DIR"] == str((tmp_path / "run").resolve())
     assert os.environ["WANDB_TAGS"] == f"zephyr.stage=dpo,zephyr.recipe_hash={digest},param.beta=0.2"
-    monkeypatch.delenv("WANDB_MODE")
-    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # with a key: online, as wandb itself decides
+    del os.environ["WANDB_MODE"]
+    os.environ["WANDB_API_KEY"] = "k" * 40  # with a key: online, as wandb itself decides
     prepare_tracking(ZephyrDPOConfig(output_dir=str(tmp_path / "r2"), report_to="wandb"), "dpo", {})
     assert "WANDB_MODE" not in os.environ
