@@ -42,7 +42,7 @@ from typing import Any, Literal
 import yaml
 
 from zephyr.recipe import RecipeError, build_configs, read_yaml
-from zephyr.tracking import dashboards, read_metrics
+from zephyr.tracking import dashboards, mlflow_store, read_metrics
 
 logger = logging.getLogger("zephyr.sweep")
 
@@ -130,11 +130,12 @@ def kill_tree(proc: subprocess.Popen) -> None:
         children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         children = []
-    for p in [psutil.Process(proc.pid), *children] if proc.poll() is None else children:
+    for child in children:
         try:
-            p.kill()
+            child.kill()
         except psutil.NoSuchProcess:
             pass
+    proc.kill()  # a no-op once it has exited
     proc.wait()
 
 
@@ -244,11 +245,11 @@ def worker_is_dead(worker: str, host: str) -> bool:
     if worker_host != host:
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return True
     except (PermissionError, ValueError):
-        return False
+        pass
     return False
 
 
@@ -374,11 +375,8 @@ def mlflow_parent_run(cfg: SweepConfig, out: Path) -> dict[str, str]:
     """One MLflow run for the sweep; each trial's run names it as parent (the UI nests them under it)."""
     import mlflow
 
-    env = {"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").as_uri(),
-           "MLFLOW_EXPERIMENT_NAME": os.environ.get("MLFLOW_EXPERIMENT_NAME", out.name)}
-    if env["MLFLOW_TRACKING_URI"].startswith("file:"):
-        env["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3 keeps the plain-folder store only on request
-        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    env = {**mlflow_store(out), "MLFLOW_EXPERIMENT_NAME": os.environ.get("MLFLOW_EXPERIMENT_NAME", out.name)}
+    os.environ.update({k: v for k, v in env.items() if k == "MLFLOW_ALLOW_FILE_STORE"})  # for this process's client
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     experiment = mlflow.set_experiment(env["MLFLOW_EXPERIMENT_NAME"])
     marker = out / "mlflow_parent_run"  # the same parent across resumes of the sweep

@@ -40,6 +40,13 @@ def dashboards(report_to: str | list[str] | None) -> list[str]:
     return [n for n in names if n != "none"]
 
 
+def mlflow_store(folder: Path) -> dict[str, str]:
+    """MLFLOW_TRACKING_URI when set, else a plain folder under `folder`: no server or database needed. MLflow 3
+    keeps its file store working only on request, hence MLFLOW_ALLOW_FILE_STORE for a file: URI."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (folder / "mlruns").as_uri()
+    return {"MLFLOW_TRACKING_URI": uri, **({"MLFLOW_ALLOW_FILE_STORE": "true"} if uri.startswith("file:") else {})}
+
+
 def set_default(name: str, value: str) -> None:
     if not os.environ.get(name):
         os.environ[name] = value
@@ -83,10 +90,7 @@ def prepare_tracking(training_args: Any, stage: str, values: dict[str, Any]) -> 
     if "tensorboard" in used:
         set_default("TENSORBOARD_LOGGING_DIR", str(out / "runs" / training_args.run_name))
     if "mlflow" in used:
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            # A plain folder needs no server or database; MLflow 3 keeps its file store working only on request.
-            os.environ["MLFLOW_TRACKING_URI"] = (out / "mlruns").as_uri()
-            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        os.environ.update(mlflow_store(out))
         set_default("MLFLOW_EXPERIMENT_NAME", project)
         os.environ["MLFLOW_TAGS"] = json.dumps({**json.loads(os.environ.get("MLFLOW_TAGS", "{}")), **tags})
     if "trackio" in used:
