@@ -455,19 +455,32 @@ def run_variant(variant: str, model: Path, data: Path, smoke: bool) -> dict:
     net = trainer.model
     n = sum(p.numel() for name, p in net.named_parameters() if "embed_tokens" not in name)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"variant": variant, "setup_seconds": built - start, "train_seconds": end - built,
-            "end_to_end_seconds": end - start, "real_tokens": sum(tokens), "steps": len(tokens),
-            "losses": losses(trainer), "peak_memory_gib": peak / 2**30, "non_embedding_params": n,
-            "memory_kind": "max_memory_allocated" if cuda else "peak RSS"}
+    result = {"variant": variant, "setup_seconds": built - start, "train_seconds": end - built,
+              "end_to_end_seconds": end - start, "real_tokens": sum(tokens), "steps": len(tokens),
+              "losses": losses(trainer), "peak_memory_gib": peak / 2**30, "non_embedding_params": n,
+              "memory_kind": "max_memory_allocated" if cuda else "peak RSS"}
+    stats = Path(common["output_dir"]) / "reference_logps.json"
+    if stats.is_file():  # zephyr: how long its reference pass took
+        result["reference_pass_seconds"] = json.loads(stats.read_text())["train"]["seconds"]
+    if variant == "zephyr":  # what keying the reference cache costs, TRL's way and zephyr's, after the run
+        from trl.trainer.utils import hash_module
+
+        from zephyr.hooks import fast_module_hash
+
+        for name, fn in (("trl_hash_seconds", hash_module), ("zephyr_hash_seconds", fast_module_hash)):
+            t0 = time.perf_counter()
+            fn(net)
+            result[name] = time.perf_counter() - t0
+    return result
 
 
 @check("generation")
 def check_generation(kit: Kit) -> Result:
     """The AIF transformers backend (zephyr/aif/backends.py) sampling answers from the big model."""
+    import synthetic
+
     from zephyr.aif.backends import ChatRequest, TransformersBackend
     from zephyr.aif.config import EndpointSettings
-
-    import synthetic
 
     s = kit.scale
     backend = TransformersBackend(EndpointSettings(model=str(kit.model_dir("big")), dtype=str(kit.dtype)[6:],

@@ -15,6 +15,7 @@ from trl import DPOTrainer
 from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig
 from zephyr.data import prepare_datasets
 from zephyr.data.cache import content_digest
+from zephyr.hooks import trl_reference_hash
 from zephyr.modeling import load_model, load_tokenizer, lora_config
 from zephyr.packing import PackedForward
 from zephyr.stages.common import train_stage
@@ -36,6 +37,17 @@ class ZephyrDPOTrainer(ReliableTrainerMixin, DPOTrainer):
     """
 
     REFERENCE_STATS = "reference_logps.json"
+
+    def __init__(self, *args, **kwargs) -> None:
+        with trl_reference_hash():  # TRL's SHA-256 of every weight costs seconds per billion parameters
+            super().__init__(*args, **kwargs)
+
+    def compute_ref_log_probs(self, model, inputs):
+        # The reference pass of precompute_ref_log_probs, packed like the policy's forward: its padded batches are
+        # mostly padding at UltraFeedback lengths (measured on an H200: most of the dDPO start-up).
+        if self.args.packed_forward and "attention_mask" in inputs:
+            model = PackedForward(model, self._tokenizer.pad_token_id or 0)
+        return super().compute_ref_log_probs(model, inputs)
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
         if not getattr(dataset, "cache_files", None):  # in-memory data: TRL computes without a cache file
