@@ -1,5 +1,5 @@
-"""The one place where zephyr reaches into a library's private internals. Each hook says why the public API is
-not enough; `tests/test_hooks.py` pins the internals it relies on, so a library upgrade fails loudly there.
+"""Patches of library internals. Each hook says why the public API is not enough; `tests/test_hooks.py` pins the
+internals they rely on (and the private TRL methods zephyr's trainers override), so an upgrade fails loudly there.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ def fast_module_hash(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         tensor = tensor.detach().contiguous().cpu()
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        if tensor.numel():
+            h.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
     return h.hexdigest()
 
 
 @contextlib.contextmanager
-def trl_reference_hash(hash_fn=fast_module_hash) -> Iterator[None]:
+def trl_reference_hash(hash_fn=None) -> Iterator[None]:
     """While a DPOTrainer is built, make it key its precomputed reference log-probs with `hash_fn`.
 
     Internal: `trl.trainer.dpo_trainer.hash_module`, called in `DPOTrainer.__init__` (TRL 1.16) and read by
@@ -36,7 +37,7 @@ def trl_reference_hash(hash_fn=fast_module_hash) -> Iterator[None]:
     from trl.trainer import dpo_trainer
 
     original = dpo_trainer.hash_module
-    dpo_trainer.hash_module = hash_fn
+    dpo_trainer.hash_module = hash_fn or fast_module_hash
     try:
         yield
     finally:

@@ -400,6 +400,25 @@ def check_throughput(kit: Kit) -> Result:
                            "loss_tolerance": loss_tolerance, "model_flops": model_flops, "pairs": kit.scale.pairs})
 
 
+def timed(owner, name: str, cuda: bool) -> list[float]:
+    """Record the seconds of every call to `owner.name` (a benchmark-only wrapper)."""
+    import torch
+
+    seconds: list[float] = []
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        out = original(*args, **kwargs)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+        return out
+
+    setattr(owner, name, wrapper)
+    return seconds
+
+
 def run_variant(variant: str, model: Path, data: Path, smoke: bool) -> dict:
     """Inside the variant's own process: build, train one epoch, report. The clock starts after the imports (the
     same for both variants): data preparation, model loading, the reference pass and training count."""
@@ -437,7 +456,12 @@ def run_variant(variant: str, model: Path, data: Path, smoke: bool) -> dict:
     else:
         from zephyr.configs import ZephyrDPOConfig
 
+        calls = timed(dpo.ZephyrDPOTrainer, "compute_ref_log_probs", cuda)
+        hashes = timed(sys.modules["zephyr.hooks"], "fast_module_hash", cuda)
         trainer, _, _ = dpo.build_trainer(model_args, data_args, ZephyrDPOConfig(**common))
+        # where the reference pass goes: its first batch (kernel compilation), the other batches, the hash
+        breakdown = {"first_ref_batch_seconds": calls[0], "other_ref_batches_seconds": sum(calls[1:]),
+                     "ref_batches": len(calls), "reference_hash_seconds": sum(hashes)}
     tokens: list[int] = []
     collate = trainer.data_collator
 
@@ -459,6 +483,8 @@ def run_variant(variant: str, model: Path, data: Path, smoke: bool) -> dict:
               "end_to_end_seconds": end - start, "real_tokens": sum(tokens), "steps": len(tokens),
               "losses": losses(trainer), "peak_memory_gib": peak / 2**30, "non_embedding_params": n,
               "memory_kind": "max_memory_allocated" if cuda else "peak RSS"}
+    if variant == "zephyr":
+        result |= breakdown
     stats = Path(common["output_dir"]) / "reference_logps.json"
     if stats.is_file():  # zephyr: how long its reference pass took
         result["reference_pass_seconds"] = json.loads(stats.read_text())["train"]["seconds"]
