@@ -171,3 +171,24 @@ def test_eval_end_to_end_multi_turn_resume_and_reward_accuracy(tiny_dir, tmp_pat
     lines = records.read_text().count("\n")
     assert eval_stage.main([str(path)]) == results  # resumed from the stored answers and grades
     assert records.read_text().count("\n") == lines  # nothing answered or graded twice
+
+
+def test_questions_load_from_a_dataset_in_mt_bench_prompts_layout(tmp_path):
+    """`questions: HuggingFaceH4/mt_bench_prompts` (prompt_id, prompt = list of turns), here a hub-layout folder."""
+    import datasets
+
+    from zephyr.evaluation.questions import QuestionError, load_questions
+
+    folder = tmp_path / "mt_bench_prompts"
+    (folder / "data").mkdir(parents=True)
+    rows = [{"prompt_id": 81, "category": "writing", "prompt": ["Write a haiku.", "Now rhyme it."], "reference": []},
+            {"prompt_id": 111, "category": "math", "prompt": ["What is 2+2?", "And 3+3?"], "reference": ["4", "6"]}]
+    datasets.Dataset.from_list(rows).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    questions = load_questions(folder)
+    assert [(q.question_id, q.category, q.turns, q.reference) for q in questions] == [
+        ("81", "writing", ["Write a haiku.", "Now rhyme it."], []), ("111", "math", ["What is 2+2?", "And 3+3?"],
+                                                                     ["4", "6"])]
+    datasets.Dataset.from_list([{"prompt_id": 1, "prompt": []}]).to_parquet(
+        str(folder / "data" / "train-00000-of-00001.parquet"))
+    with pytest.raises(QuestionError, match="row 0: expected question_id and turns"):
+        load_questions(folder)

@@ -12,10 +12,17 @@ and `${seed}` in override values are replaced by the pipeline's values, so one f
       dpo:  {recipe: recipes/tiny/dpo.yaml, overrides: {...}}
       eval: {recipe: recipes/tiny/eval.yaml, overrides: {...}}
 
+Every stage runs as its own process (`zephyr/launch.py`), its full log in `<stage output>/stage.log` while the
+terminal shows it. Training stages take launch settings: `launch: {accelerate_config: zero3, num_processes: 8}`
+at the top of the file (all training stages) or in a stage, or `zephyr run PIPELINE --launch CONFIG`; the
+default is one process. Before the first stage starts, every stage's recipe is resolved and checked (unknown
+keys, types, missing local files, paths no earlier stage writes); `--dry-run` prints that plan and stops.
+
 A stage that finished writes `zephyr_stage.json` (with a hash of its resolved recipe) into its output folder
 and is skipped on the next run while its recipe is unchanged and no stage before it finished later. `--from STAGE` reruns that stage and the ones
 after it; `--only STAGE` runs just one. A stage interrupted midway resumes: training from its last
-checkpoint, AIF and eval from their record stores.
+checkpoint, AIF and eval from their record stores. SIGTERM or Ctrl-C reaches the running stage, which saves
+and exits; `kill -9` of `zephyr run` takes the stage and its ranks down with it.
 """
 
 from __future__ import annotations
@@ -25,16 +32,23 @@ import hashlib
 import json
 import logging
 import re
+import shlex
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zephyr import plan
+from zephyr.launch import TRAINING, LaunchSettings, run_logged, stage_command
 from zephyr.recipe import RecipeError, read_yaml
 
 logger = logging.getLogger("zephyr.run")
 
 STAGES = ("tiny_model", "sft", "aif", "dpo", "eval")
 MARKER = "zephyr_stage.json"
+TINY_MODEL_FLAGS = {"hidden_size": "--hidden-size", "num_layers": "--num-layers", "seed": "--seed",
+                    "tokenizer": "--tokenizer"}
 
 
 def render(value: Any, variables: dict[str, Any]) -> Any:
@@ -60,10 +74,12 @@ def load_pipeline(path: str | Path, root: str | None = None, seed: int | None = 
     path = Path(path)
     if path.is_dir():
         path = path / "pipeline.yaml"
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such pipeline file")
     spec = read_yaml(path)
-    unknown = set(spec) - {"root", "seed", "tiny_model", "stages"}
+    unknown = set(spec) - {"root", "seed", "tiny_model", "stages", "launch"}
     if unknown:
-        raise RecipeError(f"{path}: unknown keys {sorted(unknown)} (expected root, seed, tiny_model, stages)")
+        raise RecipeError(f"{path}: unknown keys {sorted(unknown)} (expected root, seed, tiny_model, launch, stages)")
     variables = {"root": root or spec.get("root", "outputs"), "seed": seed if seed is not None else spec.get("seed", 42)}
     stages = spec.get("stages") or {}
     bad = set(stages) - set(STAGES)
@@ -73,27 +89,33 @@ def load_pipeline(path: str | Path, root: str | None = None, seed: int | None = 
     for name, stage in stages.items():
         if not isinstance(stage, dict) or "recipe" not in stage:
             raise RecipeError(f"{path}: stage '{name}' needs a 'recipe' (path to the stage's YAML recipe)")
+        extra = set(stage) - {"recipe", "overrides", "launch"}
+        if extra:
+            raise RecipeError(f"{path}: stage '{name}': unknown keys {sorted(extra)} (expected recipe, overrides, "
+                              "launch)")
         recipe = Path(stage["recipe"])
-        if not recipe.is_absolute() and not recipe.exists():
-            recipe = path.parent / recipe.name if (path.parent / recipe.name).exists() else recipe
-        resolved[name] = {"recipe": str(recipe), "overrides": render(stage.get("overrides") or {}, variables)}
+        if not recipe.is_absolute() and not recipe.exists():  # relative to the pipeline file's folder
+            recipe = next((c for c in (path.parent / recipe, path.parent / recipe.name) if c.is_file()), recipe)
+        if not recipe.is_file():
+            raise RecipeError(f"{path}: stage '{name}': recipe {stage['recipe']}: no such file")
+        launch = LaunchSettings.parse(render(stage.get("launch"), variables), f"{path}: stage '{name}'")
+        if launch is not None and name not in TRAINING:
+            raise RecipeError(f"{path}: stage '{name}': launch settings apply to training stages only "
+                              f"({', '.join(TRAINING)})")
+        resolved[name] = {"recipe": str(recipe), "overrides": render(stage.get("overrides") or {}, variables),
+                          "launch": launch}
     tiny = render(spec.get("tiny_model"), variables) if spec.get("tiny_model") is not None else None
-    return {"path": str(path), "vars": variables, "tiny_model": tiny, "stages": resolved}
+    if tiny is not None and set(tiny) - set(TINY_MODEL_FLAGS):
+        raise RecipeError(f"{path}: tiny_model: unknown keys {sorted(set(tiny) - set(TINY_MODEL_FLAGS))} "
+                          f"(expected {sorted(TINY_MODEL_FLAGS)})")
+    launch = LaunchSettings.parse(render(spec.get("launch"), variables), str(path))
+    return {"path": str(path), "vars": variables, "tiny_model": tiny, "stages": resolved, "launch": launch}
 
 
 def stage_hash(stage: dict[str, Any]) -> str:
     recipe_text = Path(stage["recipe"]).read_text() if "recipe" in stage else ""
     blob = json.dumps({"recipe": recipe_text, "overrides": stage.get("overrides")}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def stage_output(name: str, stage: dict[str, Any], variables: dict[str, Any]) -> Path:
-    if name == "tiny_model":
-        return Path(variables["root"])
-    out = stage["overrides"].get("output_dir") or read_yaml(stage["recipe"]).get("output_dir")
-    if not out:
-        raise RecipeError(f"stage {name}: no output_dir in its recipe or overrides")
-    return Path(out)
 
 
 def finished_at(folder: Path, digest: str) -> float | None:
@@ -112,59 +134,118 @@ def mark_done(folder: Path, name: str, digest: str, seconds: float) -> None:
                                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
 
 
-def run_stage(name: str, stage: dict[str, Any], force: bool) -> Any:
-    if name == "tiny_model":
-        from zephyr.embedded.build import build_tiny_model
+@dataclass
+class Step:
+    """One stage of a pipeline run, resolved and checked before anything starts."""
 
-        return build_tiny_model(**stage["overrides"])
-    from zephyr.stages import aif, dpo, eval as eval_stage, sft  # noqa: I001
+    name: str
+    command: list[str]
+    output: Path
+    digest: str
+    lines: list[str] = field(default_factory=list)  # what it will do (for --dry-run)
 
-    mains = {"sft": sft.main, "aif": aif.main, "dpo": dpo.main, "eval": eval_stage.main}
+    @property
+    def log(self) -> Path:
+        return self.output / ("tiny_model.log" if self.name == "tiny_model" else "stage.log")
+
+
+def stage_argv(stage: dict[str, Any], force: bool, name: str) -> list[str]:
     overrides = dict(stage["overrides"])
-    if force and name in ("sft", "dpo"):
+    if force and name in TRAINING:
         overrides["resume"] = False  # a forced rerun trains again instead of resuming the finished run
-    argv = [stage["recipe"], *(as_override(k, v) for k, v in overrides.items())]
-    return mains[name](argv)
+    return [stage["recipe"], *(as_override(k, v) for k, v in overrides.items())]
+
+
+def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | None) -> list[Step]:
+    """Resolve every stage's recipe (no model or data is loaded) and check what a real run would refuse: an
+    unknown key, a wrong type, a missing local file, a path that no earlier stage writes."""
+    steps, produced = [], []
+    if spec["tiny_model"] is not None:
+        root = Path(spec["vars"]["root"])
+        flags = [x for k, v in spec["tiny_model"].items() for x in (TINY_MODEL_FLAGS[k], str(v))]
+        tiny = {"overrides": {"out": str(root), **spec["tiny_model"]}}
+        steps.append(Step("tiny_model", stage_command("tiny-model", ["--output-dir", str(root), *flags], None),
+                          root, stage_hash(tiny), [f"embedded default (model/ and data/) in {root}"]))
+        produced.append(root)
+    for name in (s for s in STAGES if s in spec["stages"]):
+        stage = spec["stages"][name]
+        argv = stage_argv(stage, name in forced, name)
+        try:
+            configs = plan.resolve(name, argv)
+            plan.check_paths(name, configs, produced)
+        except RecipeError as err:
+            raise RecipeError(f"{spec['path']}: stage {name} ({stage['recipe']}): {err}") from None
+        except (ValueError, TypeError, FileNotFoundError) as err:  # a dataclass's own check of its values
+            raise RecipeError(f"{spec['path']}: stage {name} ({stage['recipe']}): {err}") from None
+        settings = (spec["launch"] or LaunchSettings()).merged(stage["launch"]).merged(launch)
+        settings = settings if name in TRAINING and settings.is_multiprocess() else None
+        output = Path(configs[-1].output_dir)
+        steps.append(Step(name, stage_command(name, argv, settings), output, stage_hash(stage),
+                          plan.describe(name, configs, argv, settings)))
+        produced.append(output)
+    return steps
 
 
 def run_pipeline(path: str | Path, start: str | None = None, only: str | None = None, root: str | None = None,
-                 seed: int | None = None) -> dict[str, Any]:
+                 seed: int | None = None, launch: str | None = None, dry_run: bool = False) -> dict[str, Any]:
     spec = load_pipeline(path, root, seed)
-    stages: dict[str, dict[str, Any]] = {}
-    if spec["tiny_model"] is not None:
-        stages["tiny_model"] = {"overrides": {"out": spec["vars"]["root"], **spec["tiny_model"]}}
-    stages.update(spec["stages"])
-    order = [s for s in STAGES if s in stages]
+    order = (["tiny_model"] if spec["tiny_model"] is not None else []) + [s for s in STAGES if s in spec["stages"]]
     for flag, value in (("--from", start), ("--only", only)):
         if value and value not in order:
             raise RecipeError(f"{flag} {value}: not a stage of this pipeline (stages: {order})")
     forced = set(order[order.index(start):]) if start else {only} if only else set()
-    timings = {}
+    steps = plan_steps(spec, forced, LaunchSettings.parse(launch, "--launch"))
+    timings: dict[str, float] = {}
     inputs_time = 0.0  # when the newest earlier stage finished: a stage older than its inputs is stale
-    for name in order:
-        stage = stages[name]
-        digest = stage_hash(stage)
-        folder = stage_output(name, stage, spec["vars"])
-        done = finished_at(folder, digest)
-        if only and name != only:
+    report = []
+    for step in steps:
+        done = finished_at(step.output, step.digest)
+        if only and step.name != only:
             inputs_time = max(inputs_time, done or 0.0)
+            report.append((step, "not in this run (--only)"))
             continue
-        if name not in forced and done is not None and done >= inputs_time:
-            logger.info("stage %s: already complete in %s (skipped; --from %s reruns it)", name, folder, name)
+        if step.name not in forced and done is not None and done >= inputs_time:
+            logger.info("stage %s: already complete in %s (skipped; --from %s reruns it)", step.name, step.output,
+                        step.name)
             inputs_time = done
+            report.append((step, "done"))
             continue
-        logger.info("stage %s: starting (outputs in %s)", name, folder)
-        (folder / MARKER).unlink(missing_ok=True)  # from now on the folder holds a run that has not finished
+        report.append((step, "forced" if step.name in forced else "stale" if done is not None else "to run"))
+        if dry_run:
+            inputs_time = time.time()
+            continue
+        logger.info("stage %s: starting (outputs in %s, log %s)", step.name, step.output, step.log)
+        (step.output / MARKER).unlink(missing_ok=True)  # from now on the folder holds a run that has not finished
         t0 = time.time()
-        run_stage(name, stage, force=name in forced)
-        timings[name] = time.time() - t0
-        mark_done(folder, name, digest, timings[name])
+        run = run_logged(step.command, step.log)
+        if run.code != 0:
+            stopped = run.signal is not None or run.code in (130, 143)
+            what = "stopped" if stopped else "failed"
+            hint = "; rerun the same command to resume" if stopped else ""
+            print(f"zephyr run: stage {step.name} {what} with exit code {run.code}; full log: {step.log}{hint}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(run.code)
+        timings[step.name] = time.time() - t0
+        mark_done(step.output, step.name, step.digest, timings[step.name])
         inputs_time = time.time()
-        logger.info("stage %s: done in %.1fs", name, timings[name])
-    lines = [f"  {name:<10} {timings.get(name, 0):7.1f}s  {stage_output(name, stages[name], spec['vars'])}  "
-             f"{key_metrics(name, stage_output(name, stages[name], spec['vars']))}" for name in order]
+        logger.info("stage %s: done in %.1fs", step.name, timings[step.name])
+    if dry_run:
+        print(plan_text(spec, report))
+        return {"root": spec["vars"]["root"], "seed": spec["vars"]["seed"], "seconds": {},
+                "plan": {step.name: status for step, status in report}}
+    lines = [f"  {s.name:<10} {timings.get(s.name, 0):7.1f}s  {s.output}  {key_metrics(s.name, s.output)}"
+             for s in steps]
     logger.info("pipeline summary (stage, seconds this run, outputs, key metrics):\n%s", "\n".join(lines))
     return {"root": spec["vars"]["root"], "seed": spec["vars"]["seed"], "seconds": timings}
+
+
+def plan_text(spec: dict[str, Any], report: list[tuple[Step, str]]) -> str:
+    out = [f"pipeline {spec['path']} (root {spec['vars']['root']}, seed {spec['vars']['seed']}): every recipe "
+           "resolved and checked; nothing was loaded or run"]
+    for step, status in report:
+        out += ["", f"[{step.name}] {status}", f"  command: {shlex.join(step.command)}",
+                f"  outputs: {step.output} (log: {step.log})", *(f"  {line}" for line in step.lines)]
+    return "\n".join(out)
 
 
 def key_metrics(name: str, folder: Path) -> str:
@@ -195,7 +276,12 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--only", choices=STAGES, help="run only this stage")
     parser.add_argument("--root", help="output root (replaces ${root}); default: the pipeline's root")
     parser.add_argument("--seed", type=int, help="seed (replaces ${seed}); default: the pipeline's seed")
+    parser.add_argument("--launch", metavar="CONFIG",
+                        help="launch every training stage with this accelerate config (a file or a name in "
+                        "accelerate_configs/: multi_gpu, zero2, zero3, fsdp, cpu_2proc, ...)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="resolve and check every stage's recipe, print the plan, load and run nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO)
-    return run_pipeline(args.pipeline, args.start, args.only, args.root, args.seed)
+    return run_pipeline(args.pipeline, args.start, args.only, args.root, args.seed, args.launch, args.dry_run)

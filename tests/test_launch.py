@@ -1,0 +1,201 @@
+"""`zephyr run` as a launcher: each stage its own process with its own log, launch settings for training stages,
+checks of every stage before the first starts, `--dry-run`, signals and kill -9 (zephyr/launch.py, plan.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from zephyr.launch import LaunchSettings, stage_command
+from zephyr.pipeline import MARKER, run_pipeline
+from zephyr.recipe import RecipeError
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_PIPELINES = sorted(REPO.glob("recipes/**/pipeline*.yaml"))
+
+
+def forbid_loading(monkeypatch) -> None:
+    """Any model, tokenizer or dataset load is a test failure."""
+    import datasets
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"loaded something during a dry run: {args[:1]}")
+
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        monkeypatch.setattr(cls, "from_pretrained", refuse)
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    monkeypatch.setattr(datasets, "load_from_disk", refuse)
+
+
+@pytest.mark.parametrize("pipeline", SHIPPED_PIPELINES, ids=lambda p: str(p.relative_to(REPO)))
+def test_dry_run_of_every_shipped_pipeline_loads_nothing(pipeline, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    forbid_loading(monkeypatch)
+    result = run_pipeline(pipeline, root=str(tmp_path / "root"), dry_run=True)
+    assert set(result["plan"].values()) == {"to run"}
+    text = capsys.readouterr().out
+    for stage in result["plan"]:
+        assert f"[{stage}] to run" in text
+    assert not (tmp_path / "root").exists()  # nothing was built or written
+
+
+def test_shipped_pipelines_include_the_tiny_one():
+    assert REPO / "recipes" / "tiny" / "pipeline.yaml" in SHIPPED_PIPELINES
+
+
+def tiny_pipeline(tmp_path: Path, tiny: Path, stages: dict, launch: dict | None = None) -> Path:
+    """A pipeline over the session's tiny model (no tiny_model stage): dSFT and/or dDPO, short runs."""
+    common = {"model_name_or_path": str(tiny / "model"), "dtype": "float32", "max_train_samples": 32,
+              "max_length": 64, "per_device_train_batch_size": 8, "num_train_epochs": 1, "logging_steps": 1,
+              "eval_strategy": "no", "report_to": "none", "seed": 0, "learning_rate": 1e-3}
+    spec: dict = {"root": str(tmp_path / "root"), "stages": {}}
+    if launch:
+        spec["launch"] = launch
+    if "sft" in stages:
+        spec["stages"]["sft"] = {"recipe": str(REPO / "recipes" / "tiny" / "sft.yaml"), "overrides": {
+            **common, "dataset_mixture": None, "dataset_name": str(tiny / "data" / "sft"),
+            "dataset_train_split": "train_sft", "dataset_test_split": None, "output_dir": "${root}/sft",
+            "save_strategy": "steps", "save_steps": 1, **stages["sft"]}}
+    if "dpo" in stages:
+        spec["stages"]["dpo"] = {"recipe": str(REPO / "recipes" / "tiny" / "dpo.yaml"), "overrides": {
+            **common, "model_name_or_path": "${root}/sft" if "sft" in stages else str(tiny / "model"),
+            "dataset_name": str(tiny / "data" / "prefs"), "dataset_test_split": None, "output_dir": "${root}/dpo",
+            **stages["dpo"]}}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def zephyr_run(pipeline: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "zephyr.cli", "run", str(pipeline), *extra], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, code: int = 0) -> str:
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == code, out[-4000:]
+    return out
+
+
+def test_a_wiring_error_is_caught_before_any_stage_runs(tiny_dir, tmp_path):
+    pipeline = tiny_pipeline(tmp_path, tiny_dir, {"sft": {}, "dpo": {"dataset_name": "${root}/aif"}})
+    with pytest.raises(RecipeError, match=r"stage dpo .*dataset_name: .*root/aif: no such file or folder, and no "
+                                          r"earlier stage of this run writes it"):
+        run_pipeline(pipeline, dry_run=False)
+    assert not (tmp_path / "root").exists()  # dSFT did not start
+
+    spec = yaml.safe_load(pipeline.read_text())
+    spec["stages"]["dpo"]["overrides"]["dataset_name"] = str(tiny_dir / "data" / "prefs")
+    spec["stages"]["dpo"]["overrides"]["learning_rat"] = 1e-3  # a typo
+    pipeline.write_text(yaml.safe_dump(spec))
+    with pytest.raises(RecipeError, match=r"stage dpo .*learning_rat.*learning_rate"):
+        run_pipeline(pipeline)
+
+    spec["stages"]["dpo"]["recipe"] = str(tmp_path / "missing.yaml")
+    pipeline.write_text(yaml.safe_dump(spec))
+    with pytest.raises(RecipeError, match=r"pipeline.yaml: stage 'dpo': recipe .*missing.yaml: no such file"):
+        run_pipeline(pipeline)
+
+
+def test_launch_settings_build_the_accelerate_command():
+    assert stage_command("sft", ["r.yaml"], None)[1:] == ["-m", "zephyr.cli", "sft", "r.yaml"]
+    cmd = stage_command("dpo", ["r.yaml", "seed=1"], LaunchSettings(accelerate_config="zero3", num_processes=8))
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--config_file") + 1].endswith("accelerate_configs/zero3.yaml")
+    assert cmd[cmd.index("--num_processes") + 1] == "8" and "--main_process_port" in cmd
+    assert cmd[-5:] == ["-m", "zephyr.cli", "dpo", "r.yaml", "seed=1"]
+    # eval and aif are one process each, whatever the launch settings
+    assert "accelerate.commands.launch" not in stage_command("eval", ["e.yaml"], LaunchSettings("zero3"))
+    with pytest.raises(RecipeError, match="launch: unknown keys \\['num_gpus'\\]"):
+        LaunchSettings.parse({"num_gpus": 8}, "p.yaml")
+
+
+def test_a_failing_stage_names_itself_and_its_log(tiny_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    bad.write_text(good + "\n" + good + "\n{not json\n")
+    pipeline = tiny_pipeline(tmp_path, tiny_dir, {"sft": {"dataset_name": str(bad), "dataset_train_split": "train"}})
+    out = finish(zephyr_run(pipeline), code=2)
+    log = tmp_path / "root" / "sft" / "stage.log"
+    assert f"zephyr run: stage sft failed with exit code 2; full log: {log}" in out
+    assert f"{bad}: line 3, column 2: not valid JSON" in log.read_text()  # the stage's own error, with file and line, is in its log
+    assert not (tmp_path / "root" / "sft" / MARKER).exists()
+
+
+def rank_processes(marker: str) -> list[int]:
+    """Live processes whose command line mentions `marker` (a test's unique folder)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.slow
+def test_two_process_launch_matches_one_process_and_survives_kill_9(tiny_dir, tmp_path):
+    """--launch cpu_2proc: dSFT and dDPO each run as two ranks (global batch 8 = 2 x 4) and save the weights
+    the one-process pipeline saves (8 x 1); kill -9 of `zephyr run` mid-dSFT leaves no rank behind, and the
+    rerun resumes and ends with the same weights."""
+    one = tiny_pipeline(tmp_path / "one", tiny_dir, {"sft": {}, "dpo": {}})
+    finish(zephyr_run(one))
+    two = tiny_pipeline(tmp_path / "two", tiny_dir, {"sft": {"per_device_train_batch_size": 4},
+                                                     "dpo": {"per_device_train_batch_size": 4}})
+    proc = zephyr_run(two, "--launch", "cpu_2proc")
+    sft = tmp_path / "two" / "root" / "sft"
+    start = time.time()
+    while not (sft / "checkpoint-2" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() - start < 300, "dSFT never reached its second checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    while rank_processes(str(tmp_path / "two")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert rank_processes(str(tmp_path / "two")) == [], "a rank outlived zephyr run"
+    out = finish(zephyr_run(two, "--launch", "cpu_2proc"))
+    assert "resuming from" in (sft / "stage.log").read_text()
+    for stage in ("sft", "dpo"):
+        log = (tmp_path / "two" / "root" / stage / "stage.log").read_text()
+        assert "accelerate.commands.launch" in log and "num_processes" in log
+        state = json.loads((tmp_path / "two" / "root" / stage / "trainer_state.json").read_text())
+        assert state["train_batch_size"] == 4  # per device: two ranks made the global batch of 8
+        a = load_file(tmp_path / "one" / "root" / stage / "model.safetensors")
+        b = load_file(tmp_path / "two" / "root" / stage / "model.safetensors")
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
+    assert "stage dpo: done" in out
+
+
+@pytest.mark.slow
+def test_sigterm_to_zephyr_run_stops_the_stage_cleanly(tiny_dir, tmp_path):
+    pipeline = tiny_pipeline(tmp_path, tiny_dir, {"dpo": {"save_strategy": "steps", "save_steps": 1,
+                                                          "max_train_samples": 64}})
+    proc = zephyr_run(pipeline)
+    dpo = tmp_path / "root" / "dpo"
+    start = time.time()
+    while not (dpo / "checkpoint-1" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() - start < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = finish(proc, code=143)
+    assert f"zephyr run: stage dpo stopped with exit code 143; full log: {dpo / 'stage.log'}; rerun the same " \
+           "command to resume" in out
+    assert not (dpo / MARKER).exists()
+    out = finish(zephyr_run(pipeline))
+    assert "resuming from" in out and (dpo / MARKER).is_file()

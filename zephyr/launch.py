@@ -1,0 +1,171 @@
+"""Stages as processes: the command line of each stage of `zephyr run`, and running it with a log file, signals
+passed on, and no process left behind.
+
+Why a process per stage: under DeepSpeed or several GPUs a training stage must be started by `accelerate
+launch`, and accelerate's state, CUDA memory and distributed groups must not carry over from one stage to the
+next. Training stages take launch settings (per pipeline, per stage, or `zephyr run --launch CFG`); AIF, eval
+and the embedded-default build run as one plain process each.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from zephyr.recipe import RecipeError
+
+TRAINING = ("sft", "dpo")
+WATCH_ENV = "ZEPHYR_WATCH_PARENT"  # set for every process a pipeline starts (and so for their ranks)
+
+
+@dataclass
+class LaunchSettings:
+    """How a training stage is launched. Every field is optional; none means one plain process."""
+
+    accelerate_config: str | None = None  # a file, or a name in accelerate_configs/ (zero3, multi_gpu, ...)
+    num_processes: int | None = None  # processes in all (default: the accelerate config's)
+    num_machines: int | None = None
+    machine_rank: int | None = None
+    main_process_ip: str | None = None
+    main_process_port: int | None = None
+
+    @classmethod
+    def parse(cls, value: Any, source: str) -> LaunchSettings | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return cls(accelerate_config=value)
+        if not isinstance(value, dict):
+            raise RecipeError(f"{source}: launch: expected a mapping such as {{accelerate_config: zero3, "
+                              f"num_processes: 8}} or the name of an accelerate config, got {value!r}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise RecipeError(f"{source}: launch: unknown keys {unknown} (expected {sorted(known)})")
+        for key in ("num_processes", "num_machines", "machine_rank", "main_process_port"):
+            if value.get(key) is not None and (not isinstance(value[key], int) or value[key] < 0):
+                raise RecipeError(f"{source}: launch.{key}: expected a non-negative integer, got {value[key]!r}")
+        return cls(**value)
+
+    def merged(self, override: LaunchSettings | None) -> LaunchSettings:
+        """These settings with every field `override` sets replaced."""
+        if override is None:
+            return self
+        return LaunchSettings(**{f.name: getattr(override, f.name) if getattr(override, f.name) is not None
+                                 else getattr(self, f.name) for f in fields(self)})
+
+    def config_values(self) -> dict[str, Any]:
+        """The accelerate config file's own settings (empty when there is none)."""
+        import yaml
+
+        from zephyr.cli import accelerate_config_path
+
+        if not self.accelerate_config:
+            return {}
+        return yaml.safe_load(accelerate_config_path(self.accelerate_config).read_text()) or {}
+
+    def processes(self) -> int:
+        """Processes in all, as accelerate will start them."""
+        if not self.accelerate_config:
+            return self.num_processes or 1
+        return self.num_processes or int(self.config_values().get("num_processes", 1))
+
+    def is_multiprocess(self) -> bool:
+        return bool(self.accelerate_config) or (self.num_processes or 1) > 1
+
+
+def stage_command(name: str, args: list[str], launch: LaunchSettings | None) -> list[str]:
+    """The exact command that runs stage `name` with `args` (a recipe and overrides, or tiny-model flags)."""
+    stage = ["-m", "zephyr.cli", name, *args]
+    if name not in TRAINING or launch is None or not launch.is_multiprocess():
+        return [sys.executable, *stage]
+    from zephyr.cli import accelerate_config_path, free_port
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if launch.accelerate_config:
+        cmd += ["--config_file", str(accelerate_config_path(launch.accelerate_config))]
+    elif (launch.num_processes or 1) > 1:
+        cmd += ["--multi_gpu"]  # several processes: the multi-process launcher (gloo on CPU, NCCL on GPU)
+    for key in ("num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port"):
+        if getattr(launch, key) is not None:
+            cmd += [f"--{key}", str(getattr(launch, key))]
+    machines = launch.num_machines or int(launch.config_values().get("num_machines", 1))
+    if machines == 1 and launch.main_process_port is None and "main_process_port" not in launch.config_values():
+        cmd += ["--main_process_port", str(free_port())]  # two jobs on one machine must not share 29500
+    return cmd + stage
+
+
+def die_with_parent() -> None:
+    """In a child, before exec: the kernel sends it SIGKILL when the pipeline process dies, even by kill -9."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def watch_parent() -> None:
+    """In a process started by a pipeline (a stage, or a rank under its launcher): exit when the parent is gone.
+
+    `die_with_parent` covers the launcher; its ranks are started by torch's elastic agent, not by us, so each
+    rank polls its own parent: when the launcher is killed, the ranks follow within a second instead of
+    training on as orphans."""
+    if not os.environ.get(WATCH_ENV):
+        return
+    parent = os.getppid()
+
+    def poll() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=poll, name="zephyr-watch-parent", daemon=True).start()
+
+
+@dataclass
+class StageRun:
+    code: int
+    signal: int | None  # the stop signal the pipeline received and passed on, if any
+
+
+def run_logged(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> StageRun:
+    """Run `cmd`, appending everything it prints to `log` while echoing it to this terminal.
+
+    SIGTERM and SIGINT sent to this process are passed to the stage (which saves a checkpoint and exits 143 or
+    130; a launcher passes them on to its ranks) instead of ending this process first. The stage runs in a
+    session of its own, so a Ctrl-C in the terminal reaches it once, through here."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **(env or {}), WATCH_ENV: "1", "PYTHONUNBUFFERED": "1",
+           "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")}
+    received: list[int] = []
+    with open(log, "ab") as sink:
+        sink.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+        sink.flush()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=die_with_parent)
+
+        def forward(signum: int, frame: Any) -> None:
+            received.append(signum)
+            proc.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            out = sys.stdout.buffer
+            while chunk := proc.stdout.read1(1 << 16):  # progress bars rewrite lines with \r: pass bytes as they come
+                sink.write(chunk)
+                sink.flush()
+                out.write(chunk)
+                out.flush()
+            code = proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return StageRun(code, received[0] if received else None)

@@ -1,0 +1,152 @@
+"""Resolve a stage's recipe without loading a model or a dataset: the checks a real run would make from the
+recipe alone (unknown key, wrong type, a local file that is missing, a path no earlier stage writes), and a
+plain description of what the stage will do. `zephyr run` makes these checks for every stage before it starts
+the first one; `--dry-run` prints them. Hub ids are taken as they are: nothing here goes online.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from zephyr.launch import LaunchSettings
+from zephyr.recipe import RecipeError, read_yaml
+
+# Keys whose values name a model, a dataset or a file (the last part of a dotted key).
+PATH_KEYS = {"model_name_or_path", "tokenizer_name_or_path", "ref_model_name_or_path", "dataset_name", "id",
+             "model", "questions", "dataset", "policy", "reference", "decontamination_file"}
+FILE_KEYS = {"decontamination_file"}  # always local files, never hub ids
+FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow")
+
+
+def resolve(name: str, argv: list[str]) -> tuple[Any, ...]:
+    """The stage's typed configs from recipe + overrides, exactly as the stage parses them."""
+    from zephyr.stages.common import parse_stage_args
+
+    if name == "sft":
+        from zephyr.stages import sft
+
+        return parse_stage_args(argv, sft.CONFIG_CLASSES, "sft")
+    if name == "dpo":
+        from zephyr.stages import dpo
+
+        return parse_stage_args(argv, dpo.CONFIG_CLASSES, "dpo")
+    if name == "aif":
+        from zephyr.aif.config import AIFConfig
+
+        return parse_stage_args([a for a in argv if a != "--rebinarize"], (AIFConfig,), "aif")
+    if name == "eval":
+        from zephyr.evaluation.config import EvalConfig
+
+        return parse_stage_args(argv, (EvalConfig,), "eval")
+    raise RecipeError(f"unknown stage {name!r}")
+
+
+def flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) for every leaf of a config (dataclasses, dicts and lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return [kv for k, v in value.items() for kv in flat(v, f"{prefix}{k}.")]
+    if isinstance(value, list):
+        return [kv for i, v in enumerate(value) for kv in flat(v, f"{prefix}{i}.")]
+    return [(prefix[:-1], value)]
+
+
+def looks_local(key: str, value: str) -> bool:
+    """A local path rather than a hub id ("org/name") or an endpoint's model name."""
+    return (key in FILE_KEYS or value.startswith(("/", ".", "~")) or value.count("/") > 1
+            or value.endswith(FILE_SUFFIXES))
+
+
+def check_paths(name: str, configs: tuple[Any, ...], produced: list[Path]) -> None:
+    """Every local path the stage reads exists, or lies in an output folder of an earlier stage of this run."""
+    for config in configs:
+        backend_of: dict[str, str] = {}
+        leaves = flat(config)
+        for key, value in leaves:
+            if key.endswith("backend"):
+                backend_of[key.rsplit(".", 1)[0] if "." in key else ""] = value
+        for key, value in leaves:
+            last = key.rsplit(".", 1)[-1]
+            if last not in PATH_KEYS or not isinstance(value, str) or not value or not looks_local(last, value):
+                continue
+            parent = key.rsplit(".", 1)[0] if "." in key else ""
+            if last == "model" and backend_of.get(parent) == "openai":
+                continue  # an endpoint's model name, not a path
+            path = Path(value).expanduser()
+            if path.exists() or any(path == out or out in path.parents for out in produced):
+                continue
+            earlier = ", ".join(str(p) for p in produced) or "none"
+            raise RecipeError(f"stage {name}: {key}: {value}: no such file or folder, and no earlier stage of "
+                              f"this run writes it (earlier outputs: {earlier})")
+
+
+def raw_keys(argv: list[str]) -> set[str]:
+    """The keys the recipe file and its overrides set themselves (to tell defaults from choices)."""
+    keys = set(read_yaml(argv[0])) if argv and Path(argv[0]).is_file() else set()
+    return keys | {a.lstrip("-").split("=", 1)[0] for a in argv[1:]}
+
+
+def describe(name: str, configs: tuple[Any, ...], argv: list[str], launch: LaunchSettings | None) -> list[str]:
+    """What the stage will do, one fact a line."""
+    if name in ("sft", "dpo"):
+        model, data, train = configs
+        processes = launch.processes() if launch else 1
+        global_batch = train.per_device_train_batch_size * train.gradient_accumulation_steps * processes
+        keys = raw_keys(argv)
+        precision = "bf16" if train.bf16 else "fp16" if train.fp16 else "fp32"
+        if not {"bf16", "fp16"} & keys:
+            precision += " here (auto: bf16 on a GPU that supports it, fp32 on CPU)"
+        lines = [
+            f"model: {model.model_name_or_path} (dtype {model.dtype}"
+            + (f", LoRA r={model.lora_r}" if model.use_peft else "")
+            + (", 4-bit" if model.load_in_4bit else "") + ")",
+            f"processes: {processes}" + (f" ({launch.accelerate_config})" if launch and launch.accelerate_config
+                                         else ""),
+            f"global batch: {train.per_device_train_batch_size} per device x {train.gradient_accumulation_steps} "
+            f"accumulation x {processes} processes = {global_batch}",
+            f"precision: {precision}; attention: {model.attn_implementation or 'auto (transformers chooses)'}",
+            f"max_length {train.max_length}, lr {train.learning_rate} {getattr(train.lr_scheduler_type, 'value', train.lr_scheduler_type)}, "
+            f"epochs {train.num_train_epochs}" + (f", max_steps {train.max_steps}" if train.max_steps > 0 else ""),
+            *data_lines(data),
+        ]
+        if name == "dpo":
+            lines.append(f"reference: {reference_line(model, train)}; beta {train.beta}, loss {train.loss_type}")
+        return lines
+    (cfg,) = configs
+    if name == "aif":
+        lines = [f"prompts: {cfg.prompts.id} [{cfg.prompts.split}]"
+                 + (f", first {cfg.prompts.max_prompts}" if cfg.prompts.max_prompts else "")]
+        lines += [f"generator {g.name}: {g.backend} {g.model}, {g.num_completions} completion(s), temperature "
+                  f"{g.temperature}" for g in cfg.generators]
+        judge = cfg.judge
+        lines.append(f"judge: {judge.type}" + (f" ({judge.backend} {judge.model})" if judge.type == "llm" else ""))
+        b = cfg.binarization
+        lines.append(f"binarization: score {b.score}, rejected {b.rejected}, ties {b.ties}")
+        return lines
+    lines = [f"questions: {cfg.questions}", *(f"model {m.name}: {m.backend} {m.model}" for m in cfg.models),
+             f"judge: {cfg.judge.type}" + (f" ({cfg.judge.backend} {cfg.judge.model})" if cfg.judge.type == "llm"
+                                          else ""),
+             f"mode: {cfg.mode}" + (f", baseline {cfg.baseline}" if cfg.baseline else "")]
+    if cfg.reward_accuracy:
+        r = cfg.reward_accuracy
+        lines.append(f"reward accuracy: {r.policy} vs {r.reference} on {r.dataset} [{r.split}]")
+    return lines
+
+
+def data_lines(data: Any) -> list[str]:
+    if data.dataset_mixture:
+        return [f"data: {d['id']} [{d.get('split', 'train')}] weight {d.get('weight', 1.0)} as "
+                f"{d.get('role', 'train')}" for d in data.dataset_mixture.get("datasets", [])]
+    return [f"data: {data.dataset_name} [train: {data.dataset_train_split}, eval: {data.dataset_test_split}]"]
+
+
+def reference_line(model: Any, train: Any) -> str:
+    if model.use_peft and not model.ref_model_name_or_path:
+        return "the base model with the LoRA adapter disabled (no second copy)"
+    source = model.ref_model_name_or_path or f"{model.model_name_or_path} as loaded"
+    if train.precompute_ref_log_probs:
+        return f"log-probs of {source} computed once before training (cached on disk)"
+    return f"a frozen copy of {source} run at every step"
