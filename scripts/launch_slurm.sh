@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Multi-node launch of a zephyr training stage on Slurm: one `accelerate launch` per node, rendezvous on the
-# first node. Every node must see the same repository and output folder (a shared filesystem).
+# Multi-node launch on Slurm. Every node must see the same repository and output folder (a shared filesystem).
 #
+# The whole pipeline (dSFT -> AIF -> dDPO -> eval) from one job:
+#   sbatch --nodes=4 scripts/launch_slurm.sh run recipes/zephyr-7b-beta [zephyr run options...]
+# `zephyr run` runs on the first node and starts each stage there: training stages with one `accelerate launch`
+# per node (srun, rendezvous on the first node), AIF as one prompt shard per node (`--shard i/n`) then merged,
+# eval on the first node. A rerun of the job resumes where it stopped.
+#
+# One training stage:
 #   sbatch --nodes=2 scripts/launch_slurm.sh dpo recipes/zephyr-7b-beta/dpo/config_full.yaml zero3 [overrides...]
 #
 # STAGE: sft or dpo. CONFIG: a file or a name in accelerate_configs/. GPUS_PER_NODE (default 8) sets the process
@@ -20,8 +26,22 @@
 #SBATCH --output=logs/%x-%j.out
 set -euo pipefail
 
+NODES=${SLURM_NNODES:-1}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)
+MASTER_PORT=${MASTER_PORT:-29500}
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}
+
+if [ "${1:-}" = run ]; then
+  [ $# -ge 2 ] || { echo "usage: sbatch --nodes=N $0 run PIPELINE [zephyr run options...]" >&2; exit 2; }
+  echo "zephyr: pipeline $2 on $NODES node(s) x $GPUS_PER_NODE processes, rendezvous at $MASTER_ADDR:$MASTER_PORT"
+  export ZEPHYR_SLURM_NODES=$NODES ZEPHYR_GPUS_PER_NODE=$GPUS_PER_NODE ZEPHYR_MASTER_ADDR=$MASTER_ADDR \
+    ZEPHYR_MASTER_PORT=$MASTER_PORT
+  exec python -m zephyr.cli run "${@:2}"
+fi
+
 if [ $# -lt 3 ]; then
-  echo "usage: sbatch --nodes=N $0 STAGE RECIPE CONFIG [overrides...]" >&2
+  echo "usage: sbatch --nodes=N $0 STAGE RECIPE CONFIG [overrides...]   or   $0 run PIPELINE [options...]" >&2
   exit 2
 fi
 STAGE=$1 RECIPE=$2 CONFIG=$3
@@ -30,11 +50,6 @@ case "$STAGE" in sft|dpo) ;; *) echo "STAGE must be sft or dpo, got $STAGE" >&2;
 [ -f "$CONFIG" ] || CONFIG="accelerate_configs/${CONFIG%.yaml}.yaml"
 [ -f "$CONFIG" ] || { echo "accelerate config not found: $CONFIG" >&2; exit 2; }
 
-NODES=${SLURM_NNODES:-1}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)
-MASTER_PORT=${MASTER_PORT:-29500}
-export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}
 echo "zephyr: $STAGE on $NODES node(s) x $GPUS_PER_NODE processes, rendezvous at $MASTER_ADDR:$MASTER_PORT"
 
 # Single quotes: SLURM_PROCID (the node rank) is expanded on each node by srun's shell, not here.

@@ -67,11 +67,17 @@ def tiny_pipeline(tmp_path: Path, tiny: Path, stages: dict, launch: dict | None 
             **common, "dataset_mixture": None, "dataset_name": str(tiny / "data" / "sft"),
             "dataset_train_split": "train_sft", "dataset_test_split": None, "output_dir": "${root}/sft",
             "save_strategy": "steps", "save_steps": 1, **stages["sft"]}}
+    if "aif" in stages:
+        spec["stages"]["aif"] = {"recipe": str(REPO / "recipes" / "tiny" / "aif.yaml"), "overrides": {
+            "prompts.id": str(tiny / "data" / "prompts"), "prompts.max_prompts": 16,
+            "generators.0.model": "${root}/sft", "generators.0.num_completions": 2,
+            "generators.1.model": str(tiny / "model"), "output_dir": "${root}/aif", **stages["aif"]}}
     if "dpo" in stages:
         spec["stages"]["dpo"] = {"recipe": str(REPO / "recipes" / "tiny" / "dpo.yaml"), "overrides": {
             **common, "model_name_or_path": "${root}/sft" if "sft" in stages else str(tiny / "model"),
-            "dataset_name": str(tiny / "data" / "prefs"), "dataset_test_split": None, "output_dir": "${root}/dpo",
-            **stages["dpo"]}}
+            "dataset_name": "${root}/aif" if "aif" in stages else str(tiny / "data" / "prefs"),
+            "dataset_test_split": None, "output_dir": "${root}/dpo", **stages["dpo"]}}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -172,7 +178,8 @@ def test_two_process_launch_matches_one_process_and_survives_kill_9(tiny_dir, tm
     assert "resuming from" in (sft / "stage.log").read_text()
     for stage in ("sft", "dpo"):
         log = (tmp_path / "two" / "root" / stage / "stage.log").read_text()
-        assert "accelerate.commands.launch" in log and "num_processes" in log
+        assert "accelerate.commands.launch --config_file" in log and "cpu_2proc.yaml" in log
+        assert f"zephyr: {stage} rank 0 of 2" in log and f"zephyr: {stage} rank 1 of 2" in log
         state = json.loads((tmp_path / "two" / "root" / stage / "trainer_state.json").read_text())
         assert state["train_batch_size"] == 4  # per device: two ranks made the global batch of 8
         a = load_file(tmp_path / "one" / "root" / stage / "model.safetensors")
@@ -199,3 +206,38 @@ def test_sigterm_to_zephyr_run_stops_the_stage_cleanly(tiny_dir, tmp_path):
     assert not (dpo / MARKER).exists()
     out = finish(zephyr_run(pipeline))
     assert "resuming from" in out and (dpo / MARKER).is_file()
+
+
+@pytest.mark.slow
+def test_slurm_script_runs_the_whole_pipeline(tiny_dir, tmp_path):
+    """`sbatch scripts/launch_slurm.sh run PIPELINE`, with stand-ins for srun and scontrol (one node, two CPU
+    processes per training stage): training stages through srun + accelerate, AIF as shards then merged."""
+    from zephyr.cli import free_port
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "srun_calls.txt"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\necho 127.0.0.1\n")
+    (bin_dir / "srun").write_text(f'#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
+                                  f'echo "$*" >> {calls}\nSLURM_PROCID=0 exec "$@"\n')
+    for f in ("scontrol", "srun"):
+        (bin_dir / f).chmod(0o755)
+    pipeline = tiny_pipeline(tmp_path, tiny_dir, {"sft": {"per_device_train_batch_size": 4}, "aif": {},
+                                                 "dpo": {"per_device_train_batch_size": 4}},
+                             launch={"accelerate_config": "cpu_2proc"})
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node1", "GPUS_PER_NODE": "2", "OMP_NUM_THREADS": "1",
+           "MASTER_PORT": str(free_port())}
+    proc = subprocess.run(["bash", "scripts/launch_slurm.sh", "run", str(pipeline)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pipeline " + str(pipeline) + " on 1 node(s) x 2 processes" in proc.stdout
+    srun = calls.read_text().splitlines()
+    assert len(srun) == 3  # dSFT, the AIF shards, dDPO; eval would run on this node without srun
+    assert "--machine_rank" in srun[0] and "zephyr.cli sft" in srun[0] and "--num_processes 2" in srun[0]
+    assert "--shard" in srun[1] and "zephyr.cli aif" in srun[1]
+    assert "--rebinarize" in (tmp_path / "root" / "aif" / "stage.log").read_text()
+    root = tmp_path / "root"
+    for stage in ("sft", "dpo"):
+        assert json.loads((root / stage / "trainer_state.json").read_text())["train_batch_size"] == 4
+        assert (root / stage / MARKER).is_file()
+    assert json.loads((root / "aif" / "summary.json").read_text())["pairs"] > 0

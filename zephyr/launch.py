@@ -103,6 +103,50 @@ def stage_command(name: str, args: list[str], launch: LaunchSettings | None) -> 
     return cmd + stage
 
 
+@dataclass
+class Slurm:
+    """A pipeline running inside a Slurm allocation (`sbatch scripts/launch_slurm.sh run PIPELINE`): training
+    stages span every node, AIF is split across them (`--shard i/n`, then merged), eval runs on this node."""
+
+    nodes: int
+    gpus_per_node: int
+    master_addr: str
+    master_port: int
+
+    @classmethod
+    def from_env(cls) -> Slurm | None:
+        if not os.environ.get("ZEPHYR_SLURM_NODES"):
+            return None
+        return cls(int(os.environ["ZEPHYR_SLURM_NODES"]), int(os.environ.get("ZEPHYR_GPUS_PER_NODE", "8")),
+                   os.environ.get("ZEPHYR_MASTER_ADDR", "127.0.0.1"), int(os.environ.get("ZEPHYR_MASTER_PORT", "29500")))
+
+    def on_every_node(self, script: str, args: list[str]) -> list[str]:
+        """srun: `script` (bash, with $SLURM_PROCID, the node rank) once per node with `args` as "$@"."""
+        return ["srun", "--kill-on-bad-exit=1", f"--nodes={self.nodes}", "--ntasks-per-node=1", "bash", "-c",
+                script, "zephyr", *args]
+
+
+def stage_commands(name: str, args: list[str], launch: LaunchSettings | None, slurm: Slurm | None) -> list[list[str]]:
+    """The commands that run a stage, in order: one, except AIF across nodes (the shards, then their merge)."""
+    if slurm is None or name not in (*TRAINING, "aif"):
+        return [stage_command(name, args, launch)]
+    if name == "aif":
+        plain = [sys.executable, "-m", "zephyr.cli", "aif", *args]
+        shards = slurm.on_every_node('exec "$@" --shard "$SLURM_PROCID/$SLURM_NNODES"', plain)
+        return [shards, [*plain, "--rebinarize"]]
+    from zephyr.cli import accelerate_config_path
+
+    config = accelerate_config_path((launch.accelerate_config if launch else None) or "multi_gpu")
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                "--num_machines", str(slurm.nodes), "--num_processes", str(slurm.nodes * slurm.gpus_per_node),
+                "--main_process_ip", slurm.master_addr, "--main_process_port", str(slurm.master_port),
+                "--rdzv_backend", "c10d", "--max_restarts", "0"]
+    stage = ["-m", "zephyr.cli", name, *args]
+    # "$1" says how many of the arguments are the launcher's: the node rank goes between it and the stage
+    script = 'n=$1; shift; exec "${@:1:$n}" --machine_rank "$SLURM_PROCID" "${@:$((n+1))}"'
+    return [slurm.on_every_node(script, [str(len(launcher)), *launcher, *stage])]
+
+
 def die_with_parent() -> None:
     """In a child, before exec: the kernel sends it SIGKILL when the pipeline process dies, even by kill -9."""
     libc = ctypes.CDLL(None, use_errno=True)

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from zephyr import plan
-from zephyr.launch import TRAINING, LaunchSettings, run_logged, stage_command
+from zephyr.launch import TRAINING, LaunchSettings, Slurm, run_logged, stage_command, stage_commands
 from zephyr.recipe import RecipeError, read_yaml
 
 logger = logging.getLogger("zephyr.run")
@@ -139,7 +139,7 @@ class Step:
     """One stage of a pipeline run, resolved and checked before anything starts."""
 
     name: str
-    command: list[str]
+    commands: list[list[str]]
     output: Path
     digest: str
     lines: list[str] = field(default_factory=list)  # what it will do (for --dry-run)
@@ -156,7 +156,8 @@ def stage_argv(stage: dict[str, Any], force: bool, name: str) -> list[str]:
     return [stage["recipe"], *(as_override(k, v) for k, v in overrides.items())]
 
 
-def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | None) -> list[Step]:
+def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | None,
+               slurm: Slurm | None = None) -> list[Step]:
     """Resolve every stage's recipe (no model or data is loaded) and check what a real run would refuse: an
     unknown key, a wrong type, a missing local file, a path that no earlier stage writes."""
     steps, produced = [], []
@@ -164,7 +165,7 @@ def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | 
         root = Path(spec["vars"]["root"])
         flags = [x for k, v in spec["tiny_model"].items() for x in (TINY_MODEL_FLAGS[k], str(v))]
         tiny = {"overrides": {"out": str(root), **spec["tiny_model"]}}
-        steps.append(Step("tiny_model", stage_command("tiny-model", ["--output-dir", str(root), *flags], None),
+        steps.append(Step("tiny_model", [stage_command("tiny-model", ["--output-dir", str(root), *flags], None)],
                           root, stage_hash(tiny), [f"embedded default (model/ and data/) in {root}"]))
         produced.append(root)
     for name in (s for s in STAGES if s in spec["stages"]):
@@ -180,8 +181,11 @@ def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | 
         settings = (spec["launch"] or LaunchSettings()).merged(stage["launch"]).merged(launch)
         settings = settings if name in TRAINING and settings.is_multiprocess() else None
         output = Path(configs[-1].output_dir)
-        steps.append(Step(name, stage_command(name, argv, settings), output, stage_hash(stage),
-                          plan.describe(name, configs, argv, settings)))
+        lines = plan.describe(name, configs, argv, settings)
+        if slurm and name in (*TRAINING, "aif"):
+            lines.insert(0, f"Slurm: {slurm.nodes} node(s)" + (f" x {slurm.gpus_per_node} processes" if name in
+                                                              TRAINING else ", one prompt shard each, then merged"))
+        steps.append(Step(name, stage_commands(name, argv, settings, slurm), output, stage_hash(stage), lines))
         produced.append(output)
     return steps
 
@@ -194,7 +198,7 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
         if value and value not in order:
             raise RecipeError(f"{flag} {value}: not a stage of this pipeline (stages: {order})")
     forced = set(order[order.index(start):]) if start else {only} if only else set()
-    steps = plan_steps(spec, forced, LaunchSettings.parse(launch, "--launch"))
+    steps = plan_steps(spec, forced, LaunchSettings.parse(launch, "--launch"), Slurm.from_env())
     timings: dict[str, float] = {}
     inputs_time = 0.0  # when the newest earlier stage finished: a stage older than its inputs is stale
     report = []
@@ -217,7 +221,10 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
         logger.info("stage %s: starting (outputs in %s, log %s)", step.name, step.output, step.log)
         (step.output / MARKER).unlink(missing_ok=True)  # from now on the folder holds a run that has not finished
         t0 = time.time()
-        run = run_logged(step.command, step.log)
+        for command in step.commands:
+            run = run_logged(command, step.log)
+            if run.code != 0:
+                break
         if run.code != 0:
             stopped = run.signal is not None or run.code in (130, 143)
             what = "stopped" if stopped else "failed"
@@ -243,7 +250,7 @@ def plan_text(spec: dict[str, Any], report: list[tuple[Step, str]]) -> str:
     out = [f"pipeline {spec['path']} (root {spec['vars']['root']}, seed {spec['vars']['seed']}): every recipe "
            "resolved and checked; nothing was loaded or run"]
     for step, status in report:
-        out += ["", f"[{step.name}] {status}", f"  command: {shlex.join(step.command)}",
+        out += ["", f"[{step.name}] {status}", *(f"  command: {shlex.join(c)}" for c in step.commands),
                 f"  outputs: {step.output} (log: {step.log})", *(f"  {line}" for line in step.lines)]
     return "\n".join(out)
 

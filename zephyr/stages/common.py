@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -119,6 +120,9 @@ def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ..
     (resuming when a checkpoint exists) -> evaluate -> save model, tokenizer, metrics, recipe, model card."""
     model_args, data_args, training_args = parse_stage_args(argv, classes, stage)
     setup_logging(training_args)
+    if training_args.world_size > 1:  # every rank says who it is: the stage log then shows all of them
+        print(f"zephyr: {stage} rank {training_args.process_index} of {training_args.world_size} on "
+              f"{socket.gethostname()} ({training_args.device})", file=sys.stderr, flush=True)
     set_seed(training_args.seed)
     prepare_tracking(training_args, stage, public_values(model_args, data_args, training_args))
 
