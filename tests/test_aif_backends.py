@@ -13,9 +13,9 @@ import yaml
 from aif_fakes import CORRECT, WRONG, FakeOpenAI, Fault, rationale
 
 from zephyr import cli
-from zephyr.aif.config import GeneratorConfig
 from zephyr.aif.pipeline import completion_key
 from zephyr.embedded.tasks import make_rows, solve
+from zephyr.inference.settings import GeneratorConfig
 from zephyr.stages import aif
 
 SECRET = "sk-test-SECRET-123"

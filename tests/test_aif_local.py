@@ -9,9 +9,9 @@ import torch
 import yaml
 from transformers import AutoTokenizer, MistralConfig, MistralForSequenceClassification
 
-from zephyr.aif.backends import ChatRequest, TransformersBackend
-from zephyr.aif.config import EndpointSettings
 from zephyr.embedded.tasks import judge as task_judge
+from zephyr.inference.backends import ChatRequest, TransformersBackend
+from zephyr.inference.settings import EndpointSettings
 from zephyr.stages import aif
 
 

@@ -10,7 +10,7 @@ import pytest
 from zephyr.aif.binarize import Candidate, binarize, binarize_prompt, score_of
 from zephyr.aif.config import BinarizationConfig
 from zephyr.aif.rubric import ParseError, parse_critique, parse_ratings, rubric_messages
-from zephyr.aif.store import RecordStore, StoreError
+from zephyr.inference.store import RecordStore, StoreError
 
 ASPECTS = ["instruction_following", "honesty", "truthfulness", "helpfulness"]
 
@@ -204,7 +204,7 @@ class RubricBackend:
         self.requests = []
 
     def complete(self, requests, seed=0):
-        from zephyr.aif.backends import ChatResult
+        from zephyr.inference.backends import ChatResult
 
         self.requests += requests
         out = []
@@ -227,7 +227,7 @@ class RubricBackend:
 
 def test_llm_judge_shuffles_maps_back_and_adds_overall_scores(monkeypatch):
     from zephyr.aif import judges
-    from zephyr.aif.config import JudgeConfig
+    from zephyr.inference.settings import JudgeConfig
 
     backend = RubricBackend()
     monkeypatch.setattr(judges, "make_backend", lambda cfg: backend)

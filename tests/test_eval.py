@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import yaml
 
-from zephyr.aif.backends import ChatResult
-from zephyr.aif.config import JudgeConfig
 from zephyr.evaluation import graders
 from zephyr.evaluation.graders import Grader, combine_verdicts, parse_rating, parse_verdict
 from zephyr.evaluation.questions import QuestionError, load_questions
 from zephyr.evaluation.stats import bootstrap_mean, paired_difference
+from zephyr.inference.backends import ChatResult
+from zephyr.inference.settings import JudgeConfig
 from zephyr.stages import eval as eval_stage
 
 

@@ -25,8 +25,8 @@ from zephyr.stages.common import parse_stage_args, public_values
 SFT = (ModelArguments, DataArguments, ZephyrSFTConfig)
 DPO = (ModelArguments, DataArguments, ZephyrDPOConfig)
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = sorted(p for p in (REPO / "recipes").rglob("*") if p.suffix in (".yaml", ".yml") and p.stem != "pipeline")
-PIPELINES = sorted((REPO / "recipes").rglob("pipeline.yaml"))
+SHIPPED = sorted(p for p in (REPO / "recipes").rglob("*") if p.suffix in (".yaml", ".yml") and not p.stem.startswith("pipeline"))  # pipelines: tests/test_launch.py
+PIPELINES = sorted((REPO / "recipes").rglob("pipeline*.yaml"))
 BF16_GPU = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
@@ -637,7 +637,7 @@ def test_shipped_pipeline_wires_every_stage(path, tmp_path):
     from zephyr.pipeline import as_override, load_pipeline
 
     spec = load_pipeline(path, root=str(tmp_path / "root"), seed=7)
-    assert list(spec["stages"]) == ["sft", "aif", "dpo", "eval"]
+    assert list(spec["stages"]) in (["sft", "aif", "dpo", "eval"], ["sft", "dpo"])
     for name, stage in spec["stages"].items():
         overrides = [as_override(k, v) for k, v in stage["overrides"].items()]
         classes, kind = stage_of(Path(stage["recipe"]).resolve())
@@ -645,7 +645,7 @@ def test_shipped_pipeline_wires_every_stage(path, tmp_path):
         assert configs[-1].output_dir == str(tmp_path / "root" / name)  # every stage writes under the root
         if name in ("sft", "dpo"):
             assert configs[-1].seed == 7
-    assert spec["tiny_model"]["seed"] == 7
+    assert spec["tiny_model"] is None or spec["tiny_model"]["seed"] == 7
 
 
 # --------------------------------------------------------------------------------------------- 7. secrets

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from zephyr.aif.store import StoreError
 from zephyr.data.loading import DataError
 from zephyr.data.schemas import RowError
 from zephyr.evaluation.questions import QuestionError
+from zephyr.inference.store import StoreError
 from zephyr.recipe import RecipeError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"

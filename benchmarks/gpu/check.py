@@ -505,8 +505,8 @@ def check_generation(kit: Kit) -> Result:
     """The AIF transformers backend (zephyr/aif/backends.py) sampling answers from the big model."""
     import synthetic
 
-    from zephyr.aif.backends import ChatRequest, TransformersBackend
-    from zephyr.aif.config import EndpointSettings
+    from zephyr.inference.backends import ChatRequest, TransformersBackend
+    from zephyr.inference.settings import EndpointSettings
 
     s = kit.scale
     backend = TransformersBackend(EndpointSettings(model=str(kit.model_dir("big")), dtype=str(kit.dtype)[6:],

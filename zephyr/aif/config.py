@@ -3,17 +3,15 @@ override a nested key with a dotted name: `--judge.max_retries 5`, `--generators
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Literal
 
-Backend = Literal["transformers", "vllm", "openai"]
-
-# Settings that change how requests travel, not what comes back: excluded from the settings hashes.
-TRANSPORT_KEYS = ("batch_size", "concurrency", "timeout", "max_retries", "retry_backoff", "api_key_env")
+from zephyr.inference.settings import (  # noqa: F401  (the AIF recipe's sections, shared with evaluation)
+    EndpointSettings,
+    GeneratorConfig,
+    JudgeConfig,
+    require_unique_names,
+)
 
 
 @dataclass
@@ -32,74 +30,6 @@ class PromptSource:
         default=None, metadata={"help": "Column with a stable prompt id; default `prompt_id` or a hash of the text."}
     )
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
-
-
-@dataclass
-class EndpointSettings:
-    """How to reach a model: shared by generators and the LLM judge."""
-
-    backend: Backend = field(default="transformers", metadata={"help": "transformers, vllm or openai."})
-    model: str = field(default="", metadata={"help": "Local folder / hub id, or the endpoint's model name."})
-    base_url: str | None = field(
-        default=None, metadata={"help": "openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1"}
-    )
-    api_key_env: str | None = field(
-        default=None,
-        metadata={"help": "openai backend: NAME of the environment variable that holds the API key (never the key)."},
-    )
-    batch_size: int = field(default=16, metadata={"help": "Prompts per forward batch (local backends)."})
-    concurrency: int = field(default=8, metadata={"help": "Requests in flight at once (openai backend)."})
-    timeout: float = field(default=60.0, metadata={"help": "Seconds before one request is abandoned."})
-    max_retries: int = field(default=3, metadata={"help": "Retries of a failed request, with exponential backoff."})
-    retry_backoff: float = field(default=0.5, metadata={"help": "Seconds before the first retry; doubles each time."})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype for local backends."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run custom model code (off by default)."})
-
-
-@dataclass
-class GeneratorConfig(EndpointSettings):
-    name: str = field(default="", metadata={"help": "Short unique name of this generator (recorded per answer)."})
-    num_completions: int = field(default=1, metadata={"help": "Answers per prompt from this generator."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 means greedy."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Longest answer."})
-    principles: list[str] = field(
-        default_factory=list,
-        metadata={"help": "System prompts ('principles'); one is drawn per completion, as in UltraFeedback."},
-    )
-    seed: int = field(default=0, metadata={"help": "Sampling seed (each batch is seeded from it and its place)."})
-
-    def settings_hash(self) -> str:
-        """Changes when anything that changes the answers changes (not batch size, concurrency, timeouts)."""
-        keep = {k: v for k, v in asdict(self).items()
-                if k not in TRANSPORT_KEYS + ("name",)}
-        return stable_hash({**keep, "model": model_fingerprint(self.model)})
-
-
-@dataclass
-class JudgeConfig(EndpointSettings):
-    type: Literal["llm", "reward_model", "callable"] = field(
-        default="llm", metadata={"help": "llm (UltraFeedback rubric), reward_model, or callable (module:function)."}
-    )
-    callable: str | None = field(
-        default=None,
-        metadata={"help": "For type callable: 'module:function' taking (prompt, responses) and returning one score "
-                  "(float) or one dict {ratings, overall, reward, rationales} per response."},
-    )
-    aspects: list[str] = field(
-        default_factory=lambda: ["instruction_following", "honesty", "truthfulness", "helpfulness"],
-        metadata={"help": "UltraFeedback aspects rated 1-5 (honesty may be N/A)."},
-    )
-    overall_score: bool = field(default=False, metadata={"help": "Also ask for the 1-10 critique score."})
-    temperature: float = field(default=0.0, metadata={"help": "Judge sampling temperature (UltraFeedback: 0)."})
-    max_new_tokens: int = field(default=1024, metadata={"help": "Longest judge output."})
-    max_parse_retries: int = field(default=3, metadata={"help": "Re-asks when the judge's output cannot be parsed."})
-    seed: int = field(default=0, metadata={"help": "Seed of the shuffled answer order."})
-
-    def settings_hash(self) -> str:
-        keep = {k: v for k, v in asdict(self).items()
-                if k not in TRANSPORT_KEYS}
-        return stable_hash({**keep, "model": model_fingerprint(self.model)})
 
 
 @dataclass
@@ -132,40 +62,3 @@ class AIFConfig:
         require_unique_names("generators", [g.name for g in self.generators])
 
 
-def require_unique_names(section: str, names: list[str]) -> None:
-    """Names key the stored records: they must exist and differ."""
-    if not names or any(not n for n in names) or len(set(names)) != len(names):
-        raise ValueError(f"{section} need unique, non-empty names, got {names}")
-
-
-def stable_hash(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def model_fingerprint(model: str) -> str:
-    """What identifies a model's answers. A local folder is identified by its files' contents, not its path: a
-    dSFT model retrained in place (`zephyr run --from sft`) must not be served the answers stored for its old
-    weights, while the same weights moved elsewhere keep them. Hub ids and endpoint names stand for themselves."""
-    folder = Path(model)
-    if not model or not folder.is_dir():
-        return model
-    files = sorted(p for p in folder.iterdir() if p.is_file() and shapes_answers(p.name))
-    return _folder_digest(str(folder), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-
-
-def shapes_answers(name: str) -> bool:
-    """Weights, configs, tokenizer and chat template; not the run's logs, metrics or markers beside them."""
-    return (name.endswith((".safetensors", "config.json", ".model", ".jinja"))
-            or name.startswith(("tokenizer", "pytorch_model", "adapter_model", "special_tokens", "chat_template")))
-
-
-@functools.cache
-def _folder_digest(folder: str, stamps: tuple) -> str:
-    """sha256 over the folder's files (read once per process and file state: ~10 s for a 7B model)."""
-    digest = hashlib.sha256()
-    for name, _, _ in stamps:
-        digest.update(name.encode() + b"\0")
-        with open(Path(folder) / name, "rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]

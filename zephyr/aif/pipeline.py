@@ -22,13 +22,14 @@ from typing import Any
 import datasets
 from tqdm.auto import tqdm
 
-from zephyr.aif.backends import ChatRequest, make_backend
 from zephyr.aif.binarize import Candidate, binarize
-from zephyr.aif.config import AIFConfig, GeneratorConfig, PromptSource
+from zephyr.aif.config import AIFConfig, PromptSource
 from zephyr.aif.judges import JudgeTask, make_judge
-from zephyr.aif.store import RecordStore, read_stores
 from zephyr.configs import DatasetSource
 from zephyr.data.loading import DataError, load_source
+from zephyr.inference.backends import ChatRequest, make_backend
+from zephyr.inference.settings import GeneratorConfig
+from zephyr.inference.store import RecordStore, read_stores
 
 logger = logging.getLogger("zephyr.aif")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from zephyr.aif.config import GeneratorConfig, JudgeConfig, require_unique_names
+from zephyr.inference.settings import GeneratorConfig, JudgeConfig, require_unique_names
 
 
 @dataclass

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from zephyr.aif.backends import ChatRequest, make_backend
-from zephyr.aif.config import JudgeConfig
-from zephyr.aif.judges import CallableJudge, JudgeTask
+from zephyr.inference.backends import ChatRequest, make_backend
+from zephyr.inference.judging import CallableJudge, JudgeTask
+from zephyr.inference.settings import JudgeConfig
 
 SINGLE_SYSTEM = "You are an impartial judge of AI assistant answers."
 RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")

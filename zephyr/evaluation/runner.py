@@ -15,13 +15,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from zephyr.aif.backends import ChatRequest, make_backend
-from zephyr.aif.config import GeneratorConfig
-from zephyr.aif.store import RecordStore
 from zephyr.evaluation.config import EvalConfig
 from zephyr.evaluation.graders import Grader
 from zephyr.evaluation.questions import Question, load_questions
 from zephyr.evaluation.stats import bootstrap_mean, paired_difference
+from zephyr.inference.backends import ChatRequest, make_backend
+from zephyr.inference.settings import GeneratorConfig
+from zephyr.inference.store import RecordStore
 
 logger = logging.getLogger("zephyr.eval")
 

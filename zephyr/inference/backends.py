@@ -15,7 +15,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from zephyr.aif.config import EndpointSettings
+from zephyr.inference.settings import EndpointSettings
 
 logger = logging.getLogger(__name__)
 

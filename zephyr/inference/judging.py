@@ -1,0 +1,45 @@
+"""What a judge is asked and how a Python function judges: shared by AIF's judges and evaluation's grader."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from zephyr.inference.settings import JudgeConfig
+
+
+@dataclass
+class JudgeTask:
+    prompt_id: str
+    prompt: str
+    responses: list[str]
+
+
+def failure(reason: str) -> dict[str, Any]:
+    return {"failure": reason}
+
+
+class CallableJudge:
+    """`module:function(prompt, responses)` returning one float (a reward) or one judgment dict per response."""
+
+    def __init__(self, cfg: JudgeConfig) -> None:
+        if not cfg.callable or ":" not in cfg.callable:
+            raise ValueError(f"judge.callable: expected 'module:function', got {cfg.callable!r}")
+        module, name = cfg.callable.split(":", 1)
+        try:
+            self.fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"judge.callable: cannot import {cfg.callable}: {err}") from None
+
+    def judge(self, tasks: list[JudgeTask]) -> list[list[dict[str, Any]]]:
+        out = []
+        for t in tasks:
+            try:
+                scores = list(self.fn(t.prompt, t.responses))
+                if len(scores) != len(t.responses):
+                    raise ValueError(f"returned {len(scores)} scores for {len(t.responses)} responses")
+                out.append([{"reward": float(s)} if isinstance(s, (int, float)) else dict(s) for s in scores])
+            except Exception as err:  # a user's function: record its error, keep going
+                out.append([failure(f"judge callable raised {type(err).__name__}: {err}")] * len(t.responses))
+        return out
