@@ -241,3 +241,31 @@ def test_slurm_script_runs_the_whole_pipeline(tiny_dir, tmp_path):
         assert json.loads((root / stage / "trainer_state.json").read_text())["train_batch_size"] == 4
         assert (root / stage / MARKER).is_file()
     assert json.loads((root / "aif" / "summary.json").read_text())["pairs"] > 0
+
+
+@pytest.mark.parametrize("recipe", sorted(REPO.glob("recipes/zephyr-7b-beta/*/config_*.yaml")),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_stage_dry_run_of_the_zephyr_7b_recipes_loads_nothing(recipe, monkeypatch, capsys):
+    from zephyr.plan import dry_run_stage
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    forbid_loading(monkeypatch)
+    stage = recipe.parent.name
+    lines = dry_run_stage(stage, [str(recipe)])
+    assert lines[0] == f"zephyr {stage} (dry run): recipe resolved and checked; nothing was loaded or run"
+    if stage in ("sft", "dpo"):
+        assert any(line.startswith("  global batch:") for line in lines)
+    if stage == "dpo":
+        assert any("reference:" in line for line in lines)
+
+
+def test_stage_dry_run_on_the_command_line_reports_a_typo(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "zephyr.cli", "sft", str(REPO / "recipes/tiny/sft.yaml"),
+                           "--dry-run", "--learning_rat", "1"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert "zephyr: error: command line: unknown key 'learning_rat'; did you mean 'learning_rate'?" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "zephyr.cli", "eval", str(REPO / "recipes/tiny/eval.yaml"),
+                           "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "questions: outputs/tiny/data/eval/questions.jsonl: no such file or folder" in proc.stderr

@@ -107,6 +107,23 @@ def run_stage(stage_main: Callable[[list[str]], object], argv: list[str]) -> int
     return 0
 
 
+def dry_run(stage: str, argv: list[str]) -> int:
+    """Resolve and check a stage's recipe and print its plan; a problem is one line and exit code 2."""
+    from zephyr.launch import LaunchSettings
+    from zephyr.plan import dry_run_stage
+
+    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--accelerate-config"), None)
+    argv = [a for i, a in enumerate(argv) if a != "--accelerate-config" and (i == 0 or argv[i - 1] !=
+                                                                              "--accelerate-config")]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        dry_run_stage(stage, argv, LaunchSettings(accelerate_config=config) if config else None)
+    except (*USER_ERRORS, ValueError, TypeError) as err:
+        print(f"zephyr: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def lazy_stage(module: str) -> Callable[[list[str]], int]:
     """A command that imports `module` only when run (keeps `zephyr --help` fast) and calls its `main`."""
 
@@ -170,6 +187,7 @@ def usage() -> str:
     lines = ["usage: zephyr COMMAND [args]", "", "commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Overrides: --key value, --key=value or key=value; they win over the recipe.",
+              "sft, dpo, aif and eval take --dry-run: resolve and check the recipe, print the plan, run nothing.",
               "sft and dpo take --accelerate-config CFG (a file, or a name in accelerate_configs/: multi_gpu,",
               "zero2, zero3, zero3_offload, fsdp, cpu_2proc) to run under `accelerate launch`."]
     return "\n".join(lines)
@@ -196,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"zephyr: unknown command '{argv[0]}'{hint}\n\n{usage()}", file=sys.stderr)
         return 2
+    if argv[0] in ("sft", "dpo", "aif", "eval") and "--dry-run" in argv:
+        return dry_run(argv[0], [a for a in argv[1:] if a != "--dry-run"])
     if argv[0] in LAUNCHABLE:
         try:
             code = relaunch_with_accelerate(argv[0], argv[1:])

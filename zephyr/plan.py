@@ -78,9 +78,10 @@ def check_paths(name: str, configs: tuple[Any, ...], produced: list[Path]) -> No
             path = Path(value).expanduser()
             if path.exists() or any(path == out or out in path.parents for out in produced):
                 continue
-            earlier = ", ".join(str(p) for p in produced) or "none"
+            if not produced:
+                raise RecipeError(f"{key}: {value}: no such file or folder")
             raise RecipeError(f"stage {name}: {key}: {value}: no such file or folder, and no earlier stage of "
-                              f"this run writes it (earlier outputs: {earlier})")
+                              f"this run writes it (earlier outputs: {', '.join(str(p) for p in produced)})")
 
 
 def raw_keys(argv: list[str]) -> set[str]:
@@ -150,3 +151,17 @@ def reference_line(model: Any, train: Any) -> str:
     if train.precompute_ref_log_probs:
         return f"log-probs of {source} computed once before training (cached on disk)"
     return f"a frozen copy of {source} run at every step"
+
+
+def dry_run_stage(name: str, argv: list[str], launch: LaunchSettings | None = None) -> list[str]:
+    """`zephyr sft|dpo|aif|eval RECIPE [overrides] --dry-run`: resolve and check the recipe, print what the stage
+    would do, load and run nothing. Local paths must exist (there is no earlier stage to write them)."""
+    from zephyr.launch import stage_command
+
+    configs = resolve(name, argv)
+    check_paths(name, configs, [])
+    lines = [f"zephyr {name} (dry run): recipe resolved and checked; nothing was loaded or run",
+             f"  command: {' '.join(stage_command(name, argv, launch))}",
+             f"  outputs: {configs[-1].output_dir}", *(f"  {line}" for line in describe(name, configs, argv, launch))]
+    print("\n".join(lines))
+    return lines
