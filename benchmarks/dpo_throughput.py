@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import random
 import resource
 import subprocess
 import sys
@@ -27,30 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/synthetic.py
 VARIANTS = ("baseline", "zephyr-cold", "zephyr", "group-length")
 
 
 def make_data(folder: Path, pairs: int, seed: int = 0) -> Path:
-    """Preference rows whose prompt and answer lengths have UltraFeedback's long tail (log-normal word counts:
-    prompts median ~70 words, answers ~150, capped so a pair fits 1024 tokens)."""
-    import datasets
+    """Preference rows with UltraFeedback's long tail of lengths (benchmarks/synthetic.py)."""
+    import synthetic
 
-    from zephyr.embedded.tasks import WORDS
-
-    rng = random.Random(seed)
-
-    def text(median: float, sigma: float, cap: int) -> str:
-        n = max(3, min(cap, int(rng.lognormvariate(math.log(median), sigma))))
-        return " ".join(rng.choice(WORDS) for _ in range(n))
-
-    rows = []
-    for _ in range(pairs):
-        prompt = [{"role": "user", "content": text(70, 0.9, 300)}]
-        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": text(150, 0.8, 300)}],
-                     "rejected": [{"role": "assistant", "content": text(150, 0.8, 300)}]})
-    path = folder / "prefs.jsonl"
-    datasets.Dataset.from_list(rows).to_json(str(path))
-    return path
+    return synthetic.write_jsonl(synthetic.preference_rows(pairs, seed), folder / "prefs.jsonl")
 
 
 def make_model(folder: Path, hidden: int, layers: int) -> Path:
@@ -90,15 +73,9 @@ def run_variant(variant: str, model: Path, data: Path, out: Path, steps: int) ->
     else:
         extra = {"train_sampling_strategy": "group_by_length"} if variant == "group-length" else {}
         trainer, _, _ = dpo.build_trainer(model_args, data_args, ZephyrDPOConfig(**common, **extra))
-    tokens = []
-    collate = trainer.data_collator
+    import synthetic
 
-    def counting_collate(rows):
-        batch = collate(rows)
-        tokens.append(int(batch["attention_mask"].sum()))
-        return batch
-
-    trainer.data_collator = counting_collate
+    tokens = synthetic.count_real_tokens(trainer)
     setup = time.perf_counter() - start
     t0 = time.perf_counter()
     trainer.train()

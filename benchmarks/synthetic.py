@@ -1,4 +1,4 @@
-"""Synthetic inputs shared by the benchmarks: UltraFeedback-like preference rows and Mistral's real tokenizer.
+"""What the benchmarks share: UltraFeedback-like preference rows, Mistral's real tokenizer, a real-token counter.
 
 Plain Python and JSON only (no `datasets`), so the GPU check kit can build its inputs on a machine that lacks it.
 """
@@ -49,3 +49,17 @@ def save_mistral_tokenizer(folder: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
     return folder
+
+
+def count_real_tokens(trainer) -> list[int]:
+    """Per training batch, its real (non-padding) tokens: wraps the trainer's collator; fills as it trains."""
+    tokens: list[int] = []
+    collate = trainer.data_collator
+
+    def counting_collate(rows):
+        batch = collate(rows)
+        tokens.append(int(batch["attention_mask"].sum()))
+        return batch
+
+    trainer.data_collator = counting_collate
+    return tokens

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import datasets
+import pytest
 import torch
 import yaml
 from transformers import AutoTokenizer, MistralConfig, MistralForSequenceClassification
 
 from zephyr.embedded.tasks import judge as task_judge
 from zephyr.inference.backends import ChatRequest, TransformersBackend
+from zephyr.inference.failures import IncompleteError
 from zephyr.inference.settings import EndpointSettings
 from zephyr.stages import aif
 
@@ -70,12 +72,14 @@ def test_callable_judge_run_writes_dataset_raw_file_and_summary(tiny_dir, tmp_pa
 def test_local_llm_judge_garbage_is_recorded_as_failures(tiny_dir, tmp_path):
     judge = {"type": "llm", "backend": "transformers", "model": str(tiny_dir / "model"), "max_new_tokens": 8,
              "max_parse_retries": 1, "batch_size": 6}
-    summary = aif.main([str(recipe(tmp_path, tiny_dir, judge, n_prompts=6))])
+    with pytest.raises(IncompleteError, match=r"6 of 24 missing .*6 judge: unparsable judge output"):
+        aif.main([str(recipe(tmp_path, tiny_dir, judge, n_prompts=6))])  # failures are not results: exit 3
     out = tmp_path / "aif"
     failures = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
     assert len(failures) == 6 and all("unparsable judge output after 2 attempts" in f["reason"] for f in failures)
-    assert summary.pairs == 0 and summary.dropped == {"fewer than 2 rated answers": 6}
-    assert sum(summary.failures.values()) == 6
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs"] == 0 and summary["dropped"] == {"fewer than 2 rated answers": 6}
+    assert sum(summary["failures"].values()) == 6 and summary["missing"] == 6
     assert not (out / "data" / "train_prefs-00000-of-00001.parquet").exists()
 
 

@@ -59,7 +59,7 @@ def test_parse_rating_and_verdict():
     ("B", "B", 0.5),
     ("C", "C", 0.5),
     ("A", "C", 0.5),
-    (None, "B", 0.5),    # an unparsable verdict counts as a tie
+    (None, "B", None),   # an unparsable verdict is no outcome: a failure to retry, not a tie
 ])
 def test_position_swapping(first, second, expected):
     assert combine_verdicts(first, second) == expected

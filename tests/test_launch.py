@@ -70,8 +70,11 @@ def tiny_pipeline(tmp_path: Path, tiny: Path, stages: dict, launch: dict | None 
     if "aif" in stages:
         spec["stages"]["aif"] = {"recipe": str(REPO / "recipes" / "tiny" / "aif.yaml"), "overrides": {
             "prompts.id": str(tiny / "data" / "prompts"), "prompts.max_prompts": 16,
-            "generators.0.model": "${root}/sft", "generators.0.num_completions": 2,
+            "generators.0.model": "${root}/sft" if "sft" in stages else str(tiny / "model"),
+            "generators.0.num_completions": 2,
             "generators.1.model": str(tiny / "model"), "output_dir": "${root}/aif", **stages["aif"]}}
+        if "aif_workers" in stages:
+            spec["stages"]["aif"]["launch"] = {"num_processes": stages["aif_workers"]}
     if "dpo" in stages:
         spec["stages"]["dpo"] = {"recipe": str(REPO / "recipes" / "tiny" / "dpo.yaml"), "overrides": {
             **common, "model_name_or_path": "${root}/sft" if "sft" in stages else str(tiny / "model"),
@@ -269,3 +272,22 @@ def test_stage_dry_run_on_the_command_line_reports_a_typo(tmp_path):
                            "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "questions: outputs/tiny/data/eval/questions.jsonl: no such file or folder" in proc.stderr
+
+
+def test_aif_runs_one_worker_per_gpu_then_merges(tiny_dir, tmp_path):
+    """AIF with local models and several GPUs: workers side by side, one prompt shard each, then one merge (here
+    two workers asked for explicitly, on CPU)."""
+    pipeline = tiny_pipeline(tmp_path, tiny_dir, {"aif": {}, "aif_workers": 2})
+    finish(zephyr_run(pipeline))
+    aif = tmp_path / "root" / "aif"
+    log = (aif / "stage.log").read_text()
+    assert "--shard 0/2" in log and "--shard 1/2" in log and "--rebinarize" in log
+    assert "[worker 0] " in log and "[worker 1] " in log
+    assert (aif / "completions.shard-0-of-2.jsonl").is_file() and (aif / "completions.shard-1-of-2.jsonl").is_file()
+    summary = json.loads((aif / "summary.json").read_text())
+    assert summary["prompts"] == 16 and summary["pairs"] > 0
+    with pytest.raises(RecipeError, match="aif takes only num_processes"):
+        spec = yaml.safe_load(pipeline.read_text())
+        spec["stages"]["aif"]["launch"] = {"accelerate_config": "zero3"}
+        pipeline.write_text(yaml.safe_dump(spec))
+        run_pipeline(pipeline, dry_run=True)

@@ -5,6 +5,7 @@
     zephyr aif RECIPE.yaml [overrides] [--shard i/n] [--rebinarize]
     zephyr dpo RECIPE.yaml [overrides] [--accelerate-config CFG]
     zephyr eval RECIPE.yaml [overrides]
+    zephyr binarize [RECIPE.yaml] --source DATASET --output_dir DIR [--binarization.score overall ...]
     zephyr sweep SWEEP.yaml [--export-best FILE]
     zephyr report RUN_DIR
     zephyr tiny-model [--output-dir DIR] [--tokenizer bpe|mistral]
@@ -26,14 +27,20 @@ from pathlib import Path
 
 import yaml
 
-from zephyr.data.loading import DataError
-from zephyr.data.schemas import RowError
-from zephyr.evaluation.questions import QuestionError
-from zephyr.inference.store import StoreError
-from zephyr.recipe import RecipeError
-
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
-USER_ERRORS = (RecipeError, DataError, RowError, FileNotFoundError, QuestionError, StoreError)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's input, shown as one line and exit code 2. Imported when a command runs, not
+    at start-up: `zephyr --help` must not wait for datasets and torch."""
+    from zephyr.data.loading import DataError
+    from zephyr.data.schemas import RowError
+    from zephyr.evaluation.questions import QuestionError
+    from zephyr.inference.backends import EndpointError
+    from zephyr.inference.store import StoreError
+    from zephyr.recipe import RecipeError
+
+    return RecipeError, DataError, RowError, FileNotFoundError, QuestionError, StoreError, EndpointError
 
 
 def accelerate_config_path(name: str) -> Path:
@@ -99,11 +106,16 @@ def free_port() -> int:
 
 def run_stage(stage_main: Callable[[list[str]], object], argv: list[str]) -> int:
     """Run a stage; a user error is one clear line on stderr and exit code 2, not a traceback."""
+    from zephyr.inference.failures import IncompleteError
+
     try:
         stage_main(argv)
-    except USER_ERRORS as err:
+    except user_errors() as err:
         print(f"zephyr: error: {err}", file=sys.stderr)
         return 2
+    except IncompleteError as err:  # finished, but with failed requests beyond max_failure_rate: rerun retries
+        print(f"zephyr: incomplete: {err}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -118,10 +130,55 @@ def dry_run(stage: str, argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         dry_run_stage(stage, argv, LaunchSettings(accelerate_config=config) if config else None)
-    except (*USER_ERRORS, ValueError, TypeError) as err:
+    except (*user_errors(), ValueError, TypeError) as err:
         print(f"zephyr: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+STAGE_CONFIGS = {  # command -> (module, attribute holding its config classes or class, the usage line)
+    "sft": ("zephyr.stages.sft", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
+    "dpo": ("zephyr.stages.dpo", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
+    "aif": ("zephyr.aif.config", "AIFConfig", "RECIPE.yaml [overrides] [--shard i/n] [--rebinarize] [--dry-run]"),
+    "eval": ("zephyr.evaluation.config", "EvalConfig", "RECIPE.yaml [overrides] [--dry-run]"),
+    "binarize": ("zephyr.aif.ratings", "RatingsConfig", "[RECIPE.yaml] --source DATASET --output_dir DIR [overrides]"),
+}
+
+
+def stage_help(command: str) -> str:
+    """`zephyr COMMAND --help`: every recipe key the command takes, with its type, default and help text."""
+    import dataclasses
+    import typing
+
+    module_name, attribute, usage_line = STAGE_CONFIGS[command]
+    module = importlib.import_module(module_name)
+    classes = getattr(module, attribute)
+    classes = classes if isinstance(classes, tuple) else (classes,)
+    lines = [f"usage: zephyr {command} {usage_line}", "", COMMANDS[command][1], "",
+             "Keys go in the recipe or as overrides (--key value, --key=value or key=value; nested: --a.b value, "
+             "lists: --a.0.b value)."]
+
+    def describe(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            tp = hints.get(f.name, f.type)
+            inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+            if dataclasses.is_dataclass(tp) or inner:
+                nested = tp if dataclasses.is_dataclass(tp) else inner[0]
+                many = typing.get_origin(tp) is list
+                describe(nested, f"{prefix}{f.name}.{'N.' if many else ''}")
+                continue
+            default = (f.default if f.default is not dataclasses.MISSING else
+                       "(required)" if f.default_factory is dataclasses.MISSING else f.default_factory())
+            text = " ".join(str(f.metadata.get("help", "")).split())
+            lines.append(f"  --{prefix}{f.name}  [default: {default}]  {text}".rstrip())
+
+    for cls in classes:
+        lines += ["", f"{cls.__name__}:"]
+        describe(cls, "")
+    return "\n".join(lines)
 
 
 def lazy_stage(module: str) -> Callable[[list[str]], int]:
@@ -172,6 +229,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sft": (lazy_stage("zephyr.stages.sft"), "dSFT: supervised fine-tuning on chat data (RECIPE [overrides])"),
     "aif": (lazy_stage("zephyr.stages.aif"), "AIF: generate answers, judge them, binarize into pairs (RECIPE [overrides] [--rebinarize])"),
     "dpo": (lazy_stage("zephyr.stages.dpo"), "dDPO: preference optimization against the frozen dSFT model (RECIPE [overrides])"),
+    "binarize": (lazy_stage("zephyr.aif.ratings"), "existing ratings (raw UltraFeedback) to preference pairs (--source S --output_dir D [binarization.*])"),
     "eval": (lazy_stage("zephyr.stages.eval"), "evaluate: answer questions, grade them, report scores with confidence intervals"),
     "sweep": (lazy_stage("zephyr.sweep"), "hyperparameter search over recipe keys on an Optuna study (SWEEP.yaml [--export-best F])"),
     "report": (lazy_stage("zephyr.report"), "PNG plots of a run's curves: loss, DPO rewards, margins, accuracies (PATH)"),
@@ -214,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"zephyr: unknown command '{argv[0]}'{hint}\n\n{usage()}", file=sys.stderr)
         return 2
+    if argv[0] in STAGE_CONFIGS and any(a in ("-h", "--help") for a in argv[1:]):
+        print(stage_help(argv[0]))
+        return 0
     if argv[0] in ("sft", "dpo", "aif", "eval") and "--dry-run" in argv:
         return dry_run(argv[0], [a for a in argv[1:] if a != "--dry-run"])
     if argv[0] in LAUNCHABLE:

@@ -147,6 +147,35 @@ def stage_commands(name: str, args: list[str], launch: LaunchSettings | None, sl
     return [slurm.on_every_node(script, [str(len(launcher)), *launcher, *stage])]
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this machine lets us use, as CUDA_VISIBLE_DEVICES entries (none on a CPU machine)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip() not in ("", "-1")]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
+
+
+@dataclass
+class Parallel:
+    """Processes that run side by side (one per GPU), each with its own environment additions."""
+
+    commands: list[list[str]]
+    envs: list[dict[str, str]]
+
+
+def aif_workers(args: list[str], workers: int, devices: list[str]) -> list[Parallel | list[str]]:
+    """AIF on one machine with several GPUs: one worker per GPU, each answering and judging its own share of the
+    prompts (`--shard i/n`, stores of its own), then one merge into the dataset (`--rebinarize`)."""
+    plain = [sys.executable, "-m", "zephyr.cli", "aif", *args]
+    envs = [{"CUDA_VISIBLE_DEVICES": devices[i]} if i < len(devices) else {} for i in range(workers)]
+    return [Parallel([[*plain, "--shard", f"{i}/{workers}"] for i in range(workers)], envs),
+            [*plain, "--rebinarize"]]
+
+
 def die_with_parent() -> None:
     """In a child, before exec: the kernel sends it SIGKILL when the pipeline process dies, even by kill -9."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -180,36 +209,55 @@ class StageRun:
     signal: int | None  # the stop signal the pipeline received and passed on, if any
 
 
-def run_logged(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> StageRun:
-    """Run `cmd`, appending everything it prints to `log` while echoing it to this terminal.
+def run_logged(cmd: list[str] | Parallel, log: Path, env: dict[str, str] | None = None) -> StageRun:
+    """Run `cmd` (or several side by side), appending everything it prints to `log` while echoing it to this
+    terminal; side-by-side workers' lines are prefixed with `[worker i]`.
 
     SIGTERM and SIGINT sent to this process are passed to the stage (which saves a checkpoint and exits 143 or
     130; a launcher passes them on to its ranks) instead of ending this process first. The stage runs in a
     session of its own, so a Ctrl-C in the terminal reaches it once, through here."""
+    group = cmd if isinstance(cmd, Parallel) else Parallel([cmd], [{}])
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **(env or {}), WATCH_ENV: "1", "PYTHONUNBUFFERED": "1",
-           "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")}
+    base = {**os.environ, **(env or {}), WATCH_ENV: "1", "PYTHONUNBUFFERED": "1",
+            "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")}
     received: list[int] = []
+    lock = threading.Lock()
     with open(log, "ab") as sink:
-        sink.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+        for command in group.commands:
+            sink.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         sink.flush()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=die_with_parent)
+        procs = [subprocess.Popen(command, env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  start_new_session=True, preexec_fn=die_with_parent)
+                 for command, env in zip(group.commands, group.envs, strict=True)]
 
         def forward(signum: int, frame: Any) -> None:
             received.append(signum)
-            proc.send_signal(signum)
+            for proc in procs:
+                proc.send_signal(signum)
+
+        def copy(proc: subprocess.Popen, prefix: bytes) -> None:
+            out = getattr(sys.stdout, "buffer", None)
+            # progress bars rewrite their line with \r: one process's bytes pass as they come, several by lines
+            chunks = iter(lambda: proc.stdout.read1(1 << 16), b"") if not prefix else iter(proc.stdout.readline, b"")
+            for chunk in chunks:
+                with lock:
+                    sink.write(prefix + chunk)
+                    sink.flush()
+                    if out is not None:
+                        out.write(prefix + chunk)
+                        out.flush()
 
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            out = sys.stdout.buffer
-            while chunk := proc.stdout.read1(1 << 16):  # progress bars rewrite lines with \r: pass bytes as they come
-                sink.write(chunk)
-                sink.flush()
-                out.write(chunk)
-                out.flush()
-            code = proc.wait()
+            many = len(procs) > 1
+            threads = [threading.Thread(target=copy, args=(p, f"[worker {i}] ".encode() if many else b""))
+                       for i, p in enumerate(procs)]
+            for t in threads:
+                t.start()
+            codes = [p.wait() for p in procs]
+            for t in threads:
+                t.join()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    return StageRun(code, received[0] if received else None)
+    return StageRun(next((c for c in codes if c != 0), 0), received[0] if received else None)

@@ -40,7 +40,17 @@ from pathlib import Path
 from typing import Any
 
 from zephyr import plan
-from zephyr.launch import TRAINING, LaunchSettings, Slurm, run_logged, stage_command, stage_commands
+from zephyr.launch import (
+    TRAINING,
+    LaunchSettings,
+    Parallel,
+    Slurm,
+    aif_workers,
+    run_logged,
+    stage_command,
+    stage_commands,
+    visible_gpus,
+)
 from zephyr.recipe import RecipeError, read_yaml
 
 logger = logging.getLogger("zephyr.run")
@@ -99,9 +109,10 @@ def load_pipeline(path: str | Path, root: str | None = None, seed: int | None = 
         if not recipe.is_file():
             raise RecipeError(f"{path}: stage '{name}': recipe {stage['recipe']}: no such file")
         launch = LaunchSettings.parse(render(stage.get("launch"), variables), f"{path}: stage '{name}'")
-        if launch is not None and name not in TRAINING:
-            raise RecipeError(f"{path}: stage '{name}': launch settings apply to training stages only "
-                              f"({', '.join(TRAINING)})")
+        if launch is not None and name not in TRAINING and (name != "aif" or launch != LaunchSettings(
+                num_processes=launch.num_processes)):
+            raise RecipeError(f"{path}: stage '{name}': launch settings apply to training stages ({', '.join(TRAINING)}); "
+                              "aif takes only num_processes (workers, one per GPU)")
         resolved[name] = {"recipe": str(recipe), "overrides": render(stage.get("overrides") or {}, variables),
                           "launch": launch}
     tiny = render(spec.get("tiny_model"), variables) if spec.get("tiny_model") is not None else None
@@ -139,21 +150,34 @@ class Step:
     """One stage of a pipeline run, resolved and checked before anything starts."""
 
     name: str
-    commands: list[list[str]]
+    commands: list[list[str] | Parallel]  # run in order; a Parallel runs its processes side by side
     output: Path
     digest: str
     lines: list[str] = field(default_factory=list)  # what it will do (for --dry-run)
+    env: dict[str, str] = field(default_factory=dict)  # environment additions (secrets travel here, not in argv)
 
     @property
     def log(self) -> Path:
         return self.output / ("tiny_model.log" if self.name == "tiny_model" else "stage.log")
 
 
-def stage_argv(stage: dict[str, Any], force: bool, name: str) -> list[str]:
-    overrides = dict(stage["overrides"])
+SECRET_TO_ENV = {"hub_token": "HF_TOKEN", "token": "HF_TOKEN"}  # what huggingface_hub reads instead
+
+
+def stage_argv(stage: dict[str, Any], force: bool, name: str) -> tuple[list[str], dict[str, str]]:
+    """The stage's command-line arguments, and its environment additions. A secret never goes on a command line
+    (every user of the machine can read those, and the stage log records them): a hub token travels as HF_TOKEN."""
+    from zephyr.stages.common import is_secret_key
+
+    overrides, env = dict(stage["overrides"]), {}
+    for key in [k for k in overrides if is_secret_key(k.rsplit(".", 1)[-1])]:
+        if key not in SECRET_TO_ENV:
+            raise RecipeError(f"stage {name}: override {key} holds a secret: put it in an environment variable "
+                              "and give its name (e.g. api_key_env) instead")
+        env[SECRET_TO_ENV[key]] = str(overrides.pop(key))
     if force and name in TRAINING:
         overrides["resume"] = False  # a forced rerun trains again instead of resuming the finished run
-    return [stage["recipe"], *(as_override(k, v) for k, v in overrides.items())]
+    return [stage["recipe"], *(as_override(k, v) for k, v in overrides.items())], env
 
 
 def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | None,
@@ -170,7 +194,7 @@ def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | 
         produced.append(root)
     for name in (s for s in STAGES if s in spec["stages"]):
         stage = spec["stages"][name]
-        argv = stage_argv(stage, name in forced, name)
+        argv, env = stage_argv(stage, name in forced, name)
         try:
             configs = plan.resolve(name, argv)
             plan.check_paths(name, configs, produced)
@@ -182,10 +206,17 @@ def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | 
         settings = settings if name in TRAINING and settings.is_multiprocess() else None
         output = Path(configs[-1].output_dir)
         lines = plan.describe(name, configs, argv, settings)
+        commands = stage_commands(name, argv, settings, slurm)
         if slurm and name in (*TRAINING, "aif"):
             lines.insert(0, f"Slurm: {slurm.nodes} node(s)" + (f" x {slurm.gpus_per_node} processes" if name in
                                                               TRAINING else ", one prompt shard each, then merged"))
-        steps.append(Step(name, stage_commands(name, argv, settings, slurm), output, stage_hash(stage), lines))
+        elif name == "aif" and plan.runs_local_models(configs[0]):
+            devices = visible_gpus()
+            workers = (stage["launch"].num_processes if stage["launch"] else None) or len(devices)
+            if workers > 1:
+                commands = aif_workers(argv, workers, devices)
+                lines.insert(0, f"workers: {workers} side by side (one per GPU), one prompt shard each, then merged")
+        steps.append(Step(name, commands, output, stage_hash(stage), lines, env))
         produced.append(output)
     return steps
 
@@ -222,7 +253,7 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
         (step.output / MARKER).unlink(missing_ok=True)  # from now on the folder holds a run that has not finished
         t0 = time.time()
         for command in step.commands:
-            run = run_logged(command, step.log)
+            run = run_logged(command, step.log, step.env)
             if run.code != 0:
                 break
         if run.code != 0:
@@ -246,11 +277,15 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
     return {"root": spec["vars"]["root"], "seed": spec["vars"]["seed"], "seconds": timings}
 
 
+def commands_of(step: Step) -> list[list[str]]:
+    return [c for entry in step.commands for c in (entry.commands if isinstance(entry, Parallel) else [entry])]
+
+
 def plan_text(spec: dict[str, Any], report: list[tuple[Step, str]]) -> str:
     out = [f"pipeline {spec['path']} (root {spec['vars']['root']}, seed {spec['vars']['seed']}): every recipe "
            "resolved and checked; nothing was loaded or run"]
     for step, status in report:
-        out += ["", f"[{step.name}] {status}", *(f"  command: {shlex.join(c)}" for c in step.commands),
+        out += ["", f"[{step.name}] {status}", *(f"  command: {shlex.join(c)}" for c in commands_of(step)),
                 f"  outputs: {step.output} (log: {step.log})", *(f"  {line}" for line in step.lines)]
     return "\n".join(out)
 

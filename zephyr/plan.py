@@ -165,3 +165,9 @@ def dry_run_stage(name: str, argv: list[str], launch: LaunchSettings | None = No
              f"  outputs: {configs[-1].output_dir}", *(f"  {line}" for line in describe(name, configs, argv, launch))]
     print("\n".join(lines))
     return lines
+
+
+def runs_local_models(cfg: Any) -> bool:
+    """Whether an AIF stage loads models itself (transformers or vLLM), so that more GPUs mean more speed."""
+    judge_local = cfg.judge.type in ("llm", "reward_model") and cfg.judge.backend in ("transformers", "vllm")
+    return judge_local or any(g.backend in ("transformers", "vllm") for g in cfg.generators)

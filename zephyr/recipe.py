@@ -259,7 +259,7 @@ def check_known_keys(keys: Any, classes: tuple[type, ...], source: str) -> None:
 
 
 def build_configs(values: dict[str, Any], classes: tuple[type, ...], source: str = "recipe",
-                  origins: dict[str, str] | None = None) -> tuple[Any, ...]:
+                  origins: dict[str, str] | None = None, stage: str = "COMMAND") -> tuple[Any, ...]:
     """Instantiate each dataclass in `classes` from the keys it declares. A key declared by several (e.g. `seed`,
     `trust_remote_code`) goes to all of them. `origins` names where a key came from when not `source`."""
     check_known_keys(values, classes, source)
@@ -273,6 +273,11 @@ def build_configs(values: dict[str, Any], classes: tuple[type, ...], source: str
                     kwargs[key] = cast_value(value, types_[key], key)
                 except RecipeError as err:
                     raise RecipeError(f"{(origins or {}).get(key, source)}: {err}") from None
+        required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING and f.name not in kwargs]
+        if required:
+            raise RecipeError(f"{source}: missing required key(s) {', '.join(required)} (see `zephyr {stage} --help` "
+                              "for every key)")
         try:
             configs.append(cls(**kwargs))
         except (ValueError, TypeError) as err:
@@ -292,7 +297,7 @@ def load_recipe(
     for key, value in extra.items():
         set_dotted(values, key, value)
     origins = dict.fromkeys((k.split(".")[0] for k in extra), "command line")
-    return build_configs(values, classes, source=source, origins=origins)
+    return build_configs(values, classes, source=source, origins=origins, stage=stage)
 
 
 def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:

@@ -462,15 +462,9 @@ def run_variant(variant: str, model: Path, data: Path, smoke: bool) -> dict:
         # where the reference pass goes: its first batch (kernel compilation), the other batches, the hash
         breakdown = {"first_ref_batch_seconds": calls[0], "other_ref_batches_seconds": sum(calls[1:]),
                      "ref_batches": len(calls), "reference_hash_seconds": sum(hashes)}
-    tokens: list[int] = []
-    collate = trainer.data_collator
+    import synthetic
 
-    def counting_collate(rows):
-        batch = collate(rows)
-        tokens.append(int(batch["attention_mask"].sum()))
-        return batch
-
-    trainer.data_collator = counting_collate
+    tokens = synthetic.count_real_tokens(trainer)
     built = time.perf_counter()
     trainer.train()
     if cuda:

@@ -35,7 +35,9 @@ def binarize_prompt(
     prompt: str, prompt_id: str, candidates: list[Candidate], cfg: BinarizationConfig
 ) -> tuple[dict[str, Any] | None, str | None]:
     """(row, None) for a kept pair, or (None, reason) for a dropped prompt."""
-    scored = [(c, s) for c in candidates if (s := score_of(c.judgment, cfg.score)) is not None]
+    # An empty answer is what a model said (a local model may stop at once), but it makes no training pair.
+    scored = [(c, s) for c in candidates
+              if c.response.strip() and (s := score_of(c.judgment, cfg.score)) is not None]
     if len(scored) < 2:
         return None, "fewer than 2 rated answers"
     rng = random.Random(f"{cfg.seed}:{prompt_id}")

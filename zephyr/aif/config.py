@@ -57,8 +57,15 @@ class AIFConfig:
     output_dir: str = field(metadata={"help": "Where completions, judgments and the dataset are written."})
     binarization: BinarizationConfig = field(default_factory=BinarizationConfig)
     shard: str | None = field(default=None, metadata={"help": "i/n: handle only shard i of n of the prompts."})
+    max_failure_rate: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of completions and judgments that may still be missing (failed) when the stage "
+                  "ends; above it the stage exits non-zero (3) and a rerun retries them. 0: none may fail."},
+    )
 
     def __post_init__(self) -> None:
         require_unique_names("generators", [g.name for g in self.generators])
+        if not 0 <= self.max_failure_rate <= 1:
+            raise ValueError(f"max_failure_rate: expected a fraction in [0, 1], got {self.max_failure_rate}")
 
 

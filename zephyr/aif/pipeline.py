@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -23,11 +24,12 @@ import datasets
 from tqdm.auto import tqdm
 
 from zephyr.aif.binarize import Candidate, binarize
-from zephyr.aif.config import AIFConfig, PromptSource
+from zephyr.aif.config import AIFConfig, BinarizationConfig, PromptSource
 from zephyr.aif.judges import JudgeTask, make_judge
 from zephyr.configs import DatasetSource
 from zephyr.data.loading import DataError, load_source
 from zephyr.inference.backends import ChatRequest, make_backend
+from zephyr.inference.failures import check_missing
 from zephyr.inference.settings import GeneratorConfig
 from zephyr.inference.store import RecordStore, read_stores
 
@@ -48,6 +50,8 @@ class Summary:
     judged_prompts: int = 0
     judged_new: int = 0
     failures: Counter = field(default_factory=Counter)
+    first_failure: str | None = None  # the first failure's full message (a server's own words)
+    missing: int = 0  # completions and judgments still missing when the stage ended
     pairs: int = 0
     dropped: Counter = field(default_factory=Counter)
     seconds: float = 0.0
@@ -138,6 +142,7 @@ class AIFRun:
 
     def log_failure(self, kind: str, key: str, reason: str) -> None:
         self.summary.failures[f"{kind}: {reason.split(' (after')[0].split(':')[0]}"] += 1
+        self.summary.first_failure = self.summary.first_failure or f"{kind} {key}: {reason}"
         with open(self.failures_path, "a") as f:
             f.write(json.dumps({"kind": kind, "key": key, "reason": reason, "time": time.time()}) + "\n")
 
@@ -159,6 +164,23 @@ class AIFRun:
                 self._generate_batch(gen, backend, batch)
             del backend
             gc.collect()
+            self.warn_if_not_sampled(gen, prompts)
+
+    def warn_if_not_sampled(self, gen: GeneratorConfig, prompts: list[Prompt]) -> None:
+        """Several samples at temperature > 0 that are all the same text: the server ignores the sampling
+        settings (transformers serve decodes greedily unless the model's generation config samples)."""
+        if gen.temperature <= 0 or gen.num_completions < 2:
+            return
+        answered = [[self.completions.get(completion_key(p.id, gen, s)) for s in range(gen.num_completions)]
+                    for p in prompts]
+        complete = [[r["response"] for r in rs] for rs in answered if all(rs)]
+        same = sum(len(set(texts)) == 1 for texts in complete)
+        if complete and same > len(complete) // 2:
+            logger.warning("generator %s: all %d samples are identical for %d of %d prompts at temperature %s: "
+                           "%s probably ignores the sampling settings (transformers serve decodes greedily unless "
+                           "the model's generation_config.json has do_sample: true; pass server-specific fields "
+                           "with extra_body). Identical samples make no pairs.", gen.name, gen.num_completions,
+                           same, len(complete), gen.temperature, gen.base_url or gen.backend)
 
     def _generate_batch(self, gen: GeneratorConfig, backend, batch: list[tuple[Prompt, int]]) -> None:
         keys = [completion_key(p.id, gen, s) for p, s in batch]
@@ -186,12 +208,24 @@ class AIFRun:
         for (p, s), key, principle, result in zip(batch, keys, principles, results, strict=True):
             if key in self.completions:
                 continue
-            if result.failure or not result.text:
-                self.log_failure("generation", key, result.failure or "empty answer")
+            if result.failure or result.text is None:  # an empty text from a local model is its answer
+                self.log_failure("generation", key, result.failure or "no answer")
                 continue
             records.append({"key": key, "prompt_id": p.id, "model": gen.name, "sample_index": s,
                             "principle": principle, "response": result.text})
         self.summary.completions_new += self.completions.append(records)
+
+    def missing(self, prompts: list[Prompt]) -> tuple[int, int]:
+        """(missing, expected): completions not stored, and prompts with two answers or more not judged."""
+        expected = missing = 0
+        for p in prompts:
+            keys = self.expected_keys(p)
+            have = [k for k in keys if k in self.completions]
+            expected += len(keys) + (1 if len(have) >= 2 else 0)
+            missing += len(keys) - len(have)
+            if len(have) >= 2 and self.judgment_key(p, have) not in self.judgments:
+                missing += 1
+        return missing, expected
 
     def expected_keys(self, prompt: Prompt) -> list[str]:
         return [completion_key(prompt.id, g, s) for g in self.cfg.generators for s in range(g.num_completions)]
@@ -251,26 +285,58 @@ def collect(cfg: AIFConfig, prompts: list[Prompt], out: Path) -> list[tuple[Prom
 
 
 def write_outputs(cfg: AIFConfig, collected, summary: Summary) -> None:
+    """raw.jsonl and the binarized dataset. The dataset is written aside and then swapped in whole: a run that
+    cannot make a single pair, or dies while writing, leaves the previous dataset as it was."""
     out = Path(cfg.output_dir)
-    raw_path = out / "raw.jsonl"
-    with open(raw_path, "w") as f:
-        for p, items in collected:
-            f.write(json.dumps({"prompt_id": p.id, "instruction": p.text, "completions": [
-                {k: v for k, v in item.items() if k != "key"} for item in items]}, ensure_ascii=False) + "\n")
     candidates = [(p.text, p.id, [Candidate(i["response"], i["model"], i["judgment"]) for i in items])
                   for p, items in collected]
     rows, dropped = binarize(candidates, cfg.binarization)
     summary.pairs, summary.dropped = len(rows), dropped
-    test_ids = held_out(sorted(r["prompt_id"] for r in rows), cfg.binarization.test_size, cfg.binarization.seed)
-    data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    if not rows:
+        return
+    raw_path = out / "raw.jsonl"
+    with open(raw_path.with_suffix(".jsonl.tmp"), "w") as f:
+        for p, items in collected:
+            f.write(json.dumps({"prompt_id": p.id, "instruction": p.text, "completions": [
+                {k: v for k, v in item.items() if k != "key"} for item in items]}, ensure_ascii=False) + "\n")
+    write_dataset(out, rows, cfg.binarization)
+    raw_path.with_suffix(".jsonl.tmp").replace(raw_path)
+
+
+def write_dataset(out: Path, rows: list[dict], cfg: BinarizationConfig) -> None:
+    """`out/data/{train,test}_prefs-00000-of-00001.parquet`, written aside and swapped in whole."""
+    test_ids = held_out(sorted(r["prompt_id"] for r in rows), cfg.test_size, cfg.seed)
+    data, staging, old = out / "data", out / "data.new", out / "data.old"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     for split, keep in (("train_prefs", False), ("test_prefs", True)):
         split_rows = [r for r in rows if (r["prompt_id"] in test_ids) == keep]
-        path = data / f"{split}-00000-of-00001.parquet"
         if split_rows:
-            datasets.Dataset.from_list(split_rows).to_parquet(str(path))
-        elif path.exists():
-            path.unlink()
+            datasets.Dataset.from_list(split_rows).to_parquet(str(staging / f"{split}-00000-of-00001.parquet"))
+    shutil.rmtree(old, ignore_errors=True)
+    if data.exists():
+        data.rename(old)
+    staging.rename(data)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def no_pairs_reason(cfg: AIFConfig, summary: Summary) -> str:
+    return no_pairs_text(summary.prompts, summary.dropped, sum(g.num_completions for g in cfg.generators))
+
+
+def no_pairs_text(prompts: int, dropped: Counter, per_prompt: int | None) -> str:
+    """Why binarization kept nothing, in words a user can act on."""
+    why = ", ".join(f"{n} {reason}" for reason, n in dropped.most_common()) or "no prompts"
+    if per_prompt is not None and per_prompt < 2:
+        hint = (f"each prompt gets {per_prompt} answer in all: a pair needs two (add a generator or raise "
+                "num_completions)")
+    elif any("tie" in reason for reason in dropped):
+        hint = "the answers to each prompt were rated the same (see binarization.ties and the ratings)"
+    elif dropped.get("fewer than 2 rated answers"):
+        hint = "a pair needs two rated answers to a prompt (see the ratings and binarization.score)"
+    else:
+        hint = "see failures.jsonl and summary.json"
+    return f"no preference pair could be made from {prompts} prompts ({why}): {hint}"
 
 
 def held_out(ids: list[str], fraction: float, seed: int) -> set[str]:
@@ -294,16 +360,36 @@ def run_aif(cfg: AIFConfig, rebinarize: bool = False) -> Summary:
         run.generate(mine)
         run.judge(mine)
     if n > 1 and not rebinarize:
+        summary.missing, expected = run.missing(mine)
         logger.info("shard %d/%d done; when every shard is done, build the dataset with --rebinarize", i, n)
     else:
         collected = collect(cfg, prompts, out)
         summary.prompts = len(prompts)
         summary.completions = sum(len(items) for _, items in collected)
         summary.judged_prompts = sum(1 for _, items in collected if items and all(x["judgment"] for x in items))
+        summary.missing, expected = missing_in(cfg, collected)
         write_outputs(cfg, collected, summary)
     summary.seconds = time.time() - start
     report(summary, out)
+    note = check_missing("AIF completions and judgments", summary.missing, expected, summary.failures,
+                         summary.first_failure, cfg.max_failure_rate)
+    if note:
+        logger.warning(note)
+    if not summary.pairs and not (n > 1 and not rebinarize):
+        raise DataError(f"{cfg.output_dir}: {no_pairs_reason(cfg, summary)}; the previous dataset, if any, is kept")
     return summary
+
+
+def missing_in(cfg: AIFConfig, collected) -> tuple[int, int]:
+    """(missing, expected) over every prompt: answers not stored, and prompts with two or more answers whose
+    judgment (by the current judge) is not stored."""
+    per_prompt = sum(g.num_completions for g in cfg.generators)
+    expected = missing = 0
+    for _, items in collected:
+        judged = len(items) >= 2
+        expected += per_prompt + judged
+        missing += per_prompt - len(items) + (judged and not all(x["judgment"] for x in items))
+    return missing, expected
 
 
 def report(summary: Summary, out: Path) -> None:

@@ -35,8 +35,8 @@ def detect_schema(columns: list[str], kind: Kind) -> str:
         return "explicit_prompt" if "prompt" in cols else "implicit_prompt"
     if {"instruction", "completions"} <= cols:
         raise RowError(
-            "this is raw UltraFeedback (instruction + rated completions): binarize it first with `zephyr aif "
-            "--rebinarize` or use a binarized version (chosen/rejected)"
+            "this is raw UltraFeedback (instruction + rated completions): binarize it first with `zephyr binarize "
+            "--source DATASET --output_dir DIR` (then dataset_name: DIR), or use a binarized version (chosen/rejected)"
         )
     raise RowError(
         f"columns {sorted(cols)} match no preference schema: expected 'chosen' and 'rejected' (with or without "

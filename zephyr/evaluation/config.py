@@ -33,6 +33,11 @@ class EvalConfig:
     bootstrap_samples: int = field(default=2000, metadata={"help": "Bootstrap resamples for confidence intervals."})
     confidence: float = field(default=0.95, metadata={"help": "Confidence level of the intervals."})
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
+    max_failure_rate: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of answers, grades and verdicts that may still be missing (failed) at the end; "
+                  "above it the eval exits non-zero (3) and a rerun retries them. Estimates never use them."},
+    )
     reward_accuracy: RewardAccuracyConfig | None = field(
         default=None, metadata={"help": "Also measure implicit-reward accuracy of policy vs reference on pairs."}
     )

@@ -84,9 +84,9 @@ class Grader:
             return [self._callable_scores(messages, [answer])[0] for messages, answer, _ in items]
         return self._ask([single_prompt(m, a, r) for m, a, r in items], parse_rating)
 
-    def pairwise(self, items: list[tuple[list[dict[str, str]], str, str]]) -> list[float]:
-        """For (conversation, answer of the model, answer of the baseline): 1 win, 0.5 tie, 0 loss. Each pair is
-        judged in both orders; a verdict that flips with the order counts as a tie."""
+    def pairwise(self, items: list[tuple[list[dict[str, str]], str, str]]) -> list[float | None]:
+        """For (conversation, answer of the model, answer of the baseline): 1 win, 0.5 tie, 0 loss, None when
+        the judge gave no usable verdict. Each pair is judged in both orders; one that flips counts as a tie."""
         if self.callable:
             first = [self._callable_verdict(m, a, b) for m, a, b in items]
             second = [self._callable_verdict(m, b, a) for m, a, b in items]
@@ -106,9 +106,12 @@ class Grader:
         return "A" if a > b else "B" if b > a else "C"
 
 
-def combine_verdicts(first: str | None, second_swapped: str | None) -> float:
+def combine_verdicts(first: str | None, second_swapped: str | None) -> float | None:
     """`first` judged (model=A, baseline=B), `second_swapped` judged (baseline=A, model=B). The model wins (1)
-    or loses (0) only if both orders agree; disagreement, a tie, or an unparsable verdict count as a tie."""
-    one = {"A": 1.0, "B": 0.0}.get(first or "")
-    two = {"A": 0.0, "B": 1.0}.get(second_swapped or "")
+    or loses (0) only if both orders agree; disagreement or a tie is a tie (0.5). A verdict the judge never
+    gave in a usable form is no outcome (None): a failure to retry, not a tie."""
+    if first is None or second_swapped is None:
+        return None
+    one = {"A": 1.0, "B": 0.0}.get(first)
+    two = {"A": 0.0, "B": 1.0}.get(second_swapped)
     return one if one is not None and one == two else 0.5

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,40 @@ from zephyr.evaluation.graders import Grader
 from zephyr.evaluation.questions import Question, load_questions
 from zephyr.evaluation.stats import bootstrap_mean, paired_difference
 from zephyr.inference.backends import ChatRequest, make_backend
+from zephyr.inference.failures import check_missing
 from zephyr.inference.settings import GeneratorConfig
 from zephyr.inference.store import RecordStore
 
 logger = logging.getLogger("zephyr.eval")
 
 
-def answer_questions(cfg: GeneratorConfig, questions: list[Question], store: RecordStore) -> dict[str, list[str]]:
-    """Every turn of every question answered by one model, multi-turn conversations carried forward."""
+class Failures:
+    """Failed answers and grades of this run: appended to failures.jsonl, counted by reason, never stored as
+    results (a rerun asks again)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.reasons, self.first = path, Counter(), None
+
+    def add(self, kind: str, key: str, reason: str) -> None:
+        self.reasons[f"{kind}: {reason.split(' (after')[0].split(':')[0]}"] += 1
+        self.first = self.first or f"{kind} {key}: {reason}"
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"kind": kind, "key": key, "reason": reason, "time": time.time()}) + "\n")
+
+
+def answer_questions(cfg: GeneratorConfig, questions: list[Question], store: RecordStore,
+                     failures: Failures) -> dict[str, list[str | None]]:
+    """Every turn of every question answered by one model, multi-turn conversations carried forward. A turn
+    whose request failed is None, and so are the later turns of its question."""
     h = cfg.settings_hash()
     key = lambda q, t: f"{q.question_id}|{t}|{cfg.name}|{h}"  # noqa: E731
     todo = [q for q in questions if any(key(q, t) not in store for t in range(len(q.turns)))]
     if todo:
         backend = make_backend(cfg)
         for turn in range(max(len(q.turns) for q in todo)):
-            active = [q for q in todo if len(q.turns) > turn and key(q, turn) not in store]
+            # a turn is asked once every earlier turn of its question has an answer
+            active = [q for q in todo if len(q.turns) > turn and key(q, turn) not in store
+                      and all(key(q, t) in store for t in range(turn))]
             size = cfg.batch_size if cfg.backend != "openai" else max(cfg.concurrency * 4, 1)
             for start in tqdm(range(0, len(active), size), desc=f"Answering turn {turn + 1} with {cfg.name}",
                               unit="batch", disable=not active):
@@ -42,10 +62,17 @@ def answer_questions(cfg: GeneratorConfig, questions: list[Question], store: Rec
                 requests = [ChatRequest(history(q, turn, store, key), cfg.temperature, cfg.top_p, cfg.max_new_tokens)
                             for q in chunk]
                 results = backend.complete(requests, seed=cfg.seed + 1000 * turn + start)
-                store.append({"key": key(q, turn), "question_id": q.question_id, "turn": turn, "model": cfg.name,
-                              "answer": r.text or "", "failure": r.failure} for q, r in zip(chunk, results, strict=True))
+                good = []
+                for q, r in zip(chunk, results, strict=True):
+                    if r.failure or r.text is None:  # an empty text from a local model is its answer
+                        failures.add("answer", key(q, turn), r.failure or "no answer")
+                    else:
+                        good.append({"key": key(q, turn), "question_id": q.question_id, "turn": turn,
+                                     "model": cfg.name, "answer": r.text})
+                store.append(good)
         del backend
-    return {q.question_id: [store.get(key(q, t))["answer"] for t in range(len(q.turns))] for q in questions}
+    return {q.question_id: [store.get(key(q, t))["answer"] if key(q, t) in store else None
+                            for t in range(len(q.turns))] for q in questions}
 
 
 def history(q: Question, turn: int, store: RecordStore, key) -> list[dict[str, str]]:
@@ -63,26 +90,43 @@ def conversation(q: Question, answers: list[str], turn: int) -> list[dict[str, s
     return messages + [{"role": "user", "content": q.turns[turn]}]
 
 
-def grade_single(cfg: EvalConfig, grader: Grader, questions, answers, store: RecordStore) -> dict[str, dict]:
-    """Per model: question id -> list of per-turn grades (None = the grader gave none)."""
+def grade_single(cfg: EvalConfig, grader: Grader, questions, answers, store: RecordStore,
+                 failures: Failures) -> dict[str, dict]:
+    """Per model: question id -> list of per-turn grades; None where the answer or its grade is missing."""
     judge_hash = cfg.judge.settings_hash()
     grades: dict[str, dict[str, list]] = {}
     for m in cfg.models:
         key = lambda q, t, m=m: f"single|{q.question_id}|{t}|{m.settings_hash()}|{judge_hash}"  # noqa: E731
-        items = [(q, t) for q in questions for t in range(len(q.turns)) if key(q, t) not in store]
+        items = [(q, t) for q in questions for t in range(len(q.turns))
+                 if key(q, t) not in store and answers[m.name][q.question_id][t] is not None]
         if items:
             logger.info("grading %d answers of %s", len(items), m.name)
             scores = grader.single([(conversation(q, answers[m.name][q.question_id], t),
                                      answers[m.name][q.question_id][t],
                                      q.reference[t] if t < len(q.reference) else None) for q, t in items])
-            store.append({"key": key(q, t), "score": s} for (q, t), s in zip(items, scores, strict=True))
-        grades[m.name] = {q.question_id: [store.get(key(q, t))["score"] for t in range(len(q.turns))]
-                          for q in questions}
+            keep(items, scores, key, "score", store, failures)
+        grades[m.name] = stored(questions, key, "score", store)
     return grades
 
 
-def grade_pairwise(cfg: EvalConfig, grader: Grader, questions, answers, store: RecordStore) -> dict[str, dict]:
-    """Per non-baseline model: question id -> list of per-turn outcomes (1 win, 0.5 tie, 0 loss)."""
+def keep(items, values, key, field: str, store: RecordStore, failures: Failures) -> None:
+    """Store the judge's values; one it could not give (None) is a failure for the next run, never a result."""
+    for (q, t), value in zip(items, values, strict=True):
+        if value is None:
+            failures.add(field, key(q, t), f"no usable {field} from the judge after its retries")
+    store.append({"key": key(q, t), field: v} for (q, t), v in zip(items, values, strict=True) if v is not None)
+
+
+def stored(questions, key, field: str, store: RecordStore) -> dict[str, list]:
+    """Question id -> per-turn stored values (None where missing)."""
+    return {q.question_id: [store.get(key(q, t))[field] if key(q, t) in store else None
+                            for t in range(len(q.turns))] for q in questions}
+
+
+def grade_pairwise(cfg: EvalConfig, grader: Grader, questions, answers, store: RecordStore,
+                   failures: Failures) -> dict[str, dict]:
+    """Per non-baseline model: question id -> list of per-turn outcomes (1 win, 0.5 tie, 0 loss; None where an
+    answer or a verdict is missing)."""
     base = next(m for m in cfg.models if m.name == cfg.baseline)
     judge_hash = cfg.judge.settings_hash()
     outcomes = {}
@@ -91,24 +135,27 @@ def grade_pairwise(cfg: EvalConfig, grader: Grader, questions, answers, store: R
             continue
         pair = f"{m.settings_hash()}|{base.settings_hash()}"
         key = lambda q, t, pair=pair: f"pair|{q.question_id}|{t}|{pair}|{judge_hash}"  # noqa: E731
-        items = [(q, t) for q in questions for t in range(len(q.turns)) if key(q, t) not in store]
+        items = [(q, t) for q in questions for t in range(len(q.turns)) if key(q, t) not in store
+                 and answers[m.name][q.question_id][t] is not None
+                 and answers[base.name][q.question_id][t] is not None]
         if items:
             logger.info("pairwise judging of %d answers: %s vs %s", len(items), m.name, base.name)
             results = grader.pairwise([(conversation(q, answers[m.name][q.question_id], t),
                                         answers[m.name][q.question_id][t], answers[base.name][q.question_id][t])
                                        for q, t in items])
-            store.append({"key": key(q, t), "outcome": o} for (q, t), o in zip(items, results, strict=True))
-        outcomes[m.name] = {q.question_id: [store.get(key(q, t))["outcome"] for t in range(len(q.turns))]
-                            for q in questions}
+            keep(items, results, key, "outcome", store, failures)
+        outcomes[m.name] = stored(questions, key, "outcome", store)
     return outcomes
 
 
 def per_question(values: dict[str, list]) -> dict[str, float]:
-    """Mean over a question's turns; a turn the grader could not score counts as the lowest grade (1)."""
-    return {qid: sum(1.0 if v is None else v for v in turns) / len(turns) for qid, turns in values.items()}
+    """Mean over a question's turns, for the questions whose every turn has a value: a question with a missing
+    turn is left out (never scored as if the missing turn had some grade)."""
+    return {qid: sum(turns) / len(turns) for qid, turns in values.items() if all(v is not None for v in turns)}
 
 
 def summarize(cfg: EvalConfig, questions, grades, outcomes, margins) -> dict[str, Any]:
+    """Every estimate from successful records only; each model says how many questions it is missing."""
     boot = {"samples": cfg.bootstrap_samples, "confidence": cfg.confidence, "seed": cfg.seed}
     results: dict[str, Any] = {"questions": len(questions), "bootstrap": boot, "models": {}}
     category = {q.question_id: q.category for q in questions}
@@ -117,19 +164,28 @@ def summarize(cfg: EvalConfig, questions, grades, outcomes, margins) -> dict[str
         entry: dict[str, Any] = {"model": m.model}
         if grades:
             scores = per_question(grades[m.name])
-            entry["score"] = bootstrap_mean([scores[i] for i in ids], **_boot(cfg)).as_dict()
+            have = [i for i in ids if i in scores]
+            entry["missing_questions"] = len(ids) - len(have)
             entry["ungraded_turns"] = sum(v is None for turns in grades[m.name].values() for v in turns)
-            by_cat = defaultdict(list)
-            for i in ids:
-                by_cat[category[i]].append(scores[i])
-            entry["categories"] = {c: bootstrap_mean(v, **_boot(cfg)).as_dict() for c, v in sorted(by_cat.items())}
+            if have:
+                entry["score"] = bootstrap_mean([scores[i] for i in have], **_boot(cfg)).as_dict()
+                by_cat = defaultdict(list)
+                for i in have:
+                    by_cat[category[i]].append(scores[i])
+                entry["categories"] = {c: bootstrap_mean(v, **_boot(cfg)).as_dict() for c, v in sorted(by_cat.items())}
             if cfg.baseline and m.name != cfg.baseline:
                 base = per_question(grades[cfg.baseline])
-                diff = paired_difference([scores[i] for i in ids], [base[i] for i in ids], **_boot(cfg))
-                entry["score_minus_baseline"] = {**diff.as_dict(), "excludes_zero": diff.excludes_zero()}
+                both = [i for i in have if i in base]  # paired: the questions both models have grades for
+                if both:
+                    diff = paired_difference([scores[i] for i in both], [base[i] for i in both], **_boot(cfg))
+                    entry["score_minus_baseline"] = {**diff.as_dict(), "excludes_zero": diff.excludes_zero(),
+                                                     "questions": len(both)}
         if outcomes and m.name in outcomes:
             wins = per_question(outcomes[m.name])
-            entry["win_rate_vs_baseline"] = bootstrap_mean([wins[i] for i in ids], **_boot(cfg)).as_dict()
+            if wins:
+                entry["win_rate_vs_baseline"] = {**bootstrap_mean([wins[i] for i in ids if i in wins],
+                                                                  **_boot(cfg)).as_dict(), "questions": len(wins)}
+            entry["missing_verdicts"] = len(ids) - len(wins)
         results["models"][m.name] = entry
     if margins is not None:
         est = bootstrap_mean([1.0 if x > 0 else 0.0 for x in margins], **_boot(cfg))
@@ -155,6 +211,11 @@ def table(results: dict[str, Any]) -> str:
         lines += ["", "| model | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
         for name, e in results["models"].items():
             lines.append(f"| {name} | " + " | ".join(f"{e['categories'][c]['mean']:.2f}" for c in categories) + " |")
+    missing = {name: (e.get("missing_questions", 0), e.get("missing_verdicts", 0))
+               for name, e in results["models"].items()}
+    if any(a or b for a, b in missing.values()):
+        lines += ["", "Missing (failed or ungraded, left out of the estimates above): " + "; ".join(
+            f"{name} {a} question(s) without a full grade, {b} without a verdict" for name, (a, b) in missing.items())]
     if "reward_accuracy" in results:
         r = results["reward_accuracy"]
         lines += ["", f"Reward accuracy on held-out pairs: {_fmt(r)} (mean margin {r['mean_margin']:.3f})"]
@@ -172,12 +233,16 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     questions = load_questions(cfg.questions)
-    qhash = hashlib.sha256(Path(cfg.questions).read_bytes()).hexdigest()[:12]
+    source = Path(cfg.questions)  # a question file, or a dataset: then its questions as loaded
+    content = source.read_bytes() if source.is_file() else json.dumps([vars(q) for q in questions]).encode()
+    qhash = hashlib.sha256(content).hexdigest()[:12]
     store = RecordStore(out / f"eval_records.{qhash}.jsonl")
-    answers = {m.name: answer_questions(m, questions, store) for m in cfg.models}
+    failures = Failures(out / "failures.jsonl")
+    answers = {m.name: answer_questions(m, questions, store, failures) for m in cfg.models}
     grader = Grader(cfg.judge)
-    grades = grade_single(cfg, grader, questions, answers, store) if cfg.mode in ("single", "both") else None
-    outcomes = grade_pairwise(cfg, grader, questions, answers, store) if cfg.mode in ("pairwise", "both") else None
+    single, pairwise = cfg.mode in ("single", "both"), cfg.mode in ("pairwise", "both")
+    grades = grade_single(cfg, grader, questions, answers, store, failures) if single else None
+    outcomes = grade_pairwise(cfg, grader, questions, answers, store, failures) if pairwise else None
     margins = None
     if cfg.reward_accuracy:
         from zephyr.evaluation.reward_accuracy import reward_margins
@@ -197,4 +262,18 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
         plot_scores(results, out / "scores.png")
     logger.info("eval results (%d questions):\n%s\nwritten to %s", len(questions), table(results), out)
+    missing, expected = missing_results(questions, answers, grades, outcomes)
+    results["missing"] = {"results": missing, "of": expected, "failures_this_run": dict(failures.reasons)}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    note = check_missing("eval answers and grades", missing, expected, failures.reasons, failures.first,
+                         cfg.max_failure_rate)
+    if note:
+        logger.warning(note)
     return results
+
+
+def missing_results(questions, answers, grades, outcomes) -> tuple[int, int]:
+    """(missing, expected) over every answer, grade and verdict the eval asks for."""
+    tables = [answers, *(t for t in (grades, outcomes) if t)]
+    values = [v for table in tables for per_model in table.values() for turns in per_model.values() for v in turns]
+    return sum(v is None for v in values), len(values)

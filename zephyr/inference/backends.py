@@ -112,43 +112,87 @@ class PermanentError(Exception):
     """Asking again will not help (a 4xx such as a bad key or an unknown model)."""
 
 
+class EndpointError(RuntimeError):
+    """The endpoint cannot serve this stage at all (it refuses connections, rejects the key, does not know the
+    model): the stage stops at the first such answer, with the server's own message, instead of failing every
+    request one by one."""
+
+
+def server_message(body: bytes) -> str:
+    """The error text a server sent: OpenAI's {"error": {"message"}}, FastAPI's {"detail"}, or the raw text."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+        error = data.get("error") if isinstance(data, dict) else None
+        text = str((error.get("message") if isinstance(error, dict) else error) or data.get("detail") or data.get(
+            "message") or text)
+    except (ValueError, AttributeError):
+        pass
+    text = " ".join(text.split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
 class OpenAIBackend:
     """Any OpenAI-compatible /chat/completions endpoint, with concurrency, timeouts and retries.
 
     The API key is read from the environment variable named by `api_key_env` at call time and only ever put in
-    the Authorization header: it is not stored on this object, logged, or written anywhere.
+    the Authorization header: it is not stored on this object, logged, or written anywhere. A transport failure
+    is retried with backoff and then reported as that request's failure; an answer that asking again cannot
+    change (a 4xx other than 408/429, or a server that refuses connections through all retries) stops the
+    stage with EndpointError, and so does a first request that fails through all its retries.
     """
 
     def __init__(self, settings: EndpointSettings) -> None:
         if not settings.base_url:
             raise ValueError("backend openai needs base_url (e.g. http://127.0.0.1:8000/v1)")
-        if settings.api_key_env and settings.api_key_env not in os.environ:
-            raise ValueError(f"api_key_env: environment variable {settings.api_key_env} is not set")
+        if settings.api_key_env and not os.environ.get(settings.api_key_env):
+            state = "is empty" if settings.api_key_env in os.environ else "is not set"
+            raise EndpointError(f"api_key_env: environment variable {settings.api_key_env} {state} (it must hold "
+                                f"the API key for {settings.base_url})")
         self.settings = settings
         self.url = settings.base_url.rstrip("/") + "/chat/completions"
+        self.fatal: str | None = None  # set by the first answer that no retry can change
+        self.probed = False  # whether a first request has succeeded
 
     def complete(self, requests: list[ChatRequest], seed: int = 0) -> list[ChatResult]:
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency)) as pool:
-            return list(pool.map(lambda ir: self._one(ir[1], seed + ir[0] if ir[1].seed is None else ir[1].seed),
-                                 enumerate(requests)))
+        ask = lambda ir: self._one(ir[1], seed + ir[0] if ir[1].seed is None else ir[1].seed)  # noqa: E731
+        results: list[ChatResult] = []
+        if not self.probed and requests:
+            # The first request goes alone: if it fails through all its retries (a server that is down, a model
+            # name it does not serve, a wrong URL), nothing says the others would fare better.
+            results.append(ask((0, requests[0])))
+            self.probed = results[0].failure is None
+            if not self.probed:
+                self.fatal = self.fatal or f"{results[0].failure}: the first request failed, so the stage stops"
+        if not self.fatal:
+            with ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency)) as pool:
+                results += list(pool.map(ask, list(enumerate(requests))[len(results):]))
+        if self.fatal:
+            raise EndpointError(f"{self.settings.model} at {self.settings.base_url}: {self.fatal}")
+        return results
 
     def _one(self, request: ChatRequest, seed: int) -> ChatResult:
         s = self.settings
         body = json.dumps({
             "model": s.model, "messages": request.messages, "temperature": request.temperature,
-            "top_p": request.top_p, "max_tokens": request.max_new_tokens, "seed": seed,
+            "top_p": request.top_p, "max_tokens": request.max_new_tokens, "seed": seed, **(s.extra_body or {}),
         }).encode()
-        last = "no attempt"
+        last, refused = "no attempt", False
         for attempt in range(s.max_retries + 1):
+            if self.fatal:  # another request already found the endpoint unusable: do not ask
+                return ChatResult(None, failure=self.fatal)
             if attempt:
                 time.sleep(s.retry_backoff * 2 ** (attempt - 1))
             try:
-                return ChatResult(self._post(body))
+                return ChatResult(self._post(body).strip())
             except PermanentError as err:
+                self.fatal = str(err)
                 return ChatResult(None, failure=str(err))
             except RetryableError as err:
-                last = str(err)
+                last, refused = str(err), "refused" in str(err).lower()
                 logger.debug("request failed (attempt %d of %d): %s", attempt + 1, s.max_retries + 1, last)
+        if refused:  # nothing listens there: every other request would wait through the same retries
+            self.fatal = f"{last} (after {s.max_retries + 1} attempts): is the server running?"
         return ChatResult(None, failure=f"{last} (after {s.max_retries + 1} attempts)")
 
     def _post(self, body: bytes) -> str:
@@ -160,17 +204,22 @@ class OpenAIBackend:
             with urllib.request.urlopen(req, timeout=self.settings.timeout) as response:
                 payload = response.read()
         except urllib.error.HTTPError as err:
+            detail = server_message(err.read() or b"")
+            message = f"HTTP {err.code}" + (f": {detail}" if detail else "")
             if err.code in (408, 429) or err.code >= 500:
-                raise RetryableError(f"HTTP {err.code}") from None
-            raise PermanentError(f"HTTP {err.code}") from None
+                raise RetryableError(message) from None
+            raise PermanentError(message) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
             reason = getattr(err, "reason", err)
             kind = "timeout" if "timed out" in str(reason) else "connection error"
             raise RetryableError(f"{kind}: {reason}") from None
         try:
-            return json.loads(payload)["choices"][0]["message"]["content"]
+            content = json.loads(payload)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise RetryableError("invalid response (not an OpenAI chat completion)") from None
+        if not isinstance(content, str) or not content.strip():
+            raise RetryableError("empty answer")  # from a server, most often a cut-off or overloaded request
+        return content
 
 
 BACKENDS = {"transformers": TransformersBackend, "vllm": VLLMBackend, "openai": OpenAIBackend}

@@ -6,14 +6,28 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Backend = Literal["transformers", "vllm", "openai"]
 
-# Settings that change how requests travel, not what comes back: excluded from the settings hashes.
-TRANSPORT_KEYS = ("batch_size", "concurrency", "timeout", "max_retries", "retry_backoff", "api_key_env")
+# Settings that change how requests travel, not what comes back: excluded from the settings hashes. The
+# base_url too: the same model served on another port (or behind a trailing slash) gives the same answers.
+TRANSPORT_KEYS = ("batch_size", "concurrency", "timeout", "max_retries", "retry_backoff", "api_key_env", "base_url")
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+KEY_PREFIXES = ("sk-", "hf_", "ghp_", "gsk_", "xai-", "AIza", "key-", "Bearer ")
+
+
+def looks_like_a_key(value: str) -> bool:
+    """A credential pasted where the NAME of its environment variable belongs."""
+    if value.startswith(KEY_PREFIXES) or not ENV_NAME.fullmatch(value):
+        return True
+    # long, mixed letters and digits, no underscore: a token, not a variable name such as OPENAI_API_KEY
+    return len(value) >= 24 and "_" not in value and any(c.isdigit() for c in value) and any(
+        c.islower() for c in value)
 
 
 @dataclass
@@ -36,6 +50,18 @@ class EndpointSettings:
     retry_backoff: float = field(default=0.5, metadata={"help": "Seconds before the first retry; doubles each time."})
     dtype: str = field(default="auto", metadata={"help": "Weights dtype for local backends."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run custom model code (off by default)."})
+    extra_body: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "openai backend: extra fields for every request body, for server-specific settings "
+                  "(e.g. vLLM's {top_k: 50, repetition_penalty: 1.1})."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.api_key_env is not None and looks_like_a_key(self.api_key_env):
+            # Said without the value: it is probably the key itself, and errors end up in logs.
+            raise ValueError("api_key_env must be the NAME of an environment variable holding the key (e.g. "
+                             "OPENAI_API_KEY), and the value given looks like a key itself (not shown here). "
+                             "Put the key in an environment variable and give its name")
 
 
 @dataclass
