@@ -286,8 +286,54 @@ def test_aif_runs_one_worker_per_gpu_then_merges(tiny_dir, tmp_path):
     assert (aif / "completions.shard-0-of-2.jsonl").is_file() and (aif / "completions.shard-1-of-2.jsonl").is_file()
     summary = json.loads((aif / "summary.json").read_text())
     assert summary["prompts"] == 16 and summary["pairs"] > 0
-    with pytest.raises(RecipeError, match="aif takes only num_processes"):
+    with pytest.raises(RecipeError, match="aif and eval take only num_processes"):
         spec = yaml.safe_load(pipeline.read_text())
         spec["stages"]["aif"]["launch"] = {"accelerate_config": "zero3"}
         pipeline.write_text(yaml.safe_dump(spec))
         run_pipeline(pipeline, dry_run=True)
+
+
+def test_eval_runs_one_worker_per_gpu_then_merges_and_reports(tiny_dir, tmp_path):
+    """Eval with local models and several GPUs: workers answer and grade their shares side by side, then one run
+    reads every shard's records and reports on all questions (two workers asked for explicitly, on CPU)."""
+    spec = {"root": str(tmp_path / "root"), "stages": {"eval": {
+        "recipe": str(REPO / "recipes" / "tiny" / "eval.yaml"), "launch": {"num_processes": 2}, "overrides": {
+            "questions": str(tiny_dir / "data" / "eval" / "questions.jsonl"),
+            "models.0.model": str(tiny_dir / "model"), "models.1.model": str(tiny_dir / "model"),
+            "models.1.temperature": 0.7, "reward_accuracy": None, "bootstrap_samples": 50,
+            "output_dir": "${root}/eval"}}}}
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump(spec))
+    finish(zephyr_run(pipeline))
+    out = tmp_path / "root" / "eval"
+    log = (out / "stage.log").read_text()
+    assert "--shard 0/2" in log and "--shard 1/2" in log and "[worker 1] " in log
+    assert len(list(out.glob("eval_records.*.shard-*-of-2.jsonl"))) == 2
+    results = json.loads((out / "results.json").read_text())
+    questions = len((tiny_dir / "data" / "eval" / "questions.jsonl").read_text().splitlines())
+    assert results["questions"] == questions and results["missing"]["results"] == 0
+    assert {m: e["score"]["n"] for m, e in results["models"].items()} == {"sft": questions, "dpo": questions}
+
+
+def test_vllm_tensor_parallel_workers_split_the_gpus(monkeypatch):
+    """8 GPUs, models split over 2 each (vLLM tensor parallel): 4 data-parallel workers with 2 GPUs each, and
+    the vLLM backend is built with that tensor_parallel_size."""
+    import types
+
+    from zephyr.inference.backends import VLLMBackend
+    from zephyr.inference.settings import GeneratorConfig
+    from zephyr.launch import Parallel, shard_workers
+    from zephyr.plan import gpus_per_worker
+
+    gens = [GeneratorConfig(name="a", backend="vllm", model="m", tensor_parallel_size=2),
+            GeneratorConfig(name="b", backend="transformers", model="n")]
+    cfg = types.SimpleNamespace(generators=gens, judge=GeneratorConfig(backend="openai", model="j"))
+    assert gpus_per_worker(cfg) == 2
+    group, merge = shard_workers("aif", ["r.yaml"], 4, [str(i) for i in range(8)], 2)
+    assert isinstance(group, Parallel) and merge[-1] == "--rebinarize"
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in group.envs] == ["0,1", "2,3", "4,5", "6,7"]
+    assert [c[-1] for c in group.commands] == ["0/4", "1/4", "2/4", "3/4"]
+    built = {}
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=lambda **kw: built.update(kw)))
+    VLLMBackend(gens[0])
+    assert built["tensor_parallel_size"] == 2 and built["model"] == "m"

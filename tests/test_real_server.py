@@ -91,6 +91,15 @@ def test_aif_and_eval_on_transformers_serve_survive_a_server_restart(tiny_dir, p
         assert "zephyr: error: /no/such/model at " in err  # once (and retried), not for every prompt
         assert "HTTP 500: Internal Server Error (after 2 attempts): the first request failed, so the stage stops" in err
         assert cli.main(["aif", str(recipe)]) == 0
+        # The served model as the LLM judge: a tiny model writes no rubric, so every judgment is a recorded
+        # failure (exit 3), never a rating; the stored answers are not asked for again.
+        llm = write({**aif_cfg, "output_dir": str(tmp_path / "aif"), "judge": {
+            "type": "llm", **endpoint(server.base_url, model), "max_new_tokens": 24, "max_parse_retries": 0}},
+            server.base_url, "aif_llm.yaml")
+        assert cli.main(["aif", str(llm)]) == 3
+        assert "6 of 18 missing" in capsys.readouterr().err and "unparsable judge output" in (
+            tmp_path / "aif" / "failures.jsonl").read_text()
+        assert (tmp_path / "aif" / "summary.json").read_text().count('"completions_new": 0') == 1
     completions = (tmp_path / "aif" / "completions.jsonl").read_text().splitlines()
     assert len(completions) == 12 and all(json.loads(x)["response"] == json.loads(x)["response"].strip()
                                           for x in completions)

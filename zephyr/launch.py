@@ -167,13 +167,16 @@ class Parallel:
     envs: list[dict[str, str]]
 
 
-def aif_workers(args: list[str], workers: int, devices: list[str]) -> list[Parallel | list[str]]:
-    """AIF on one machine with several GPUs: one worker per GPU, each answering and judging its own share of the
-    prompts (`--shard i/n`, stores of its own), then one merge into the dataset (`--rebinarize`)."""
-    plain = [sys.executable, "-m", "zephyr.cli", "aif", *args]
-    envs = [{"CUDA_VISIBLE_DEVICES": devices[i]} if i < len(devices) else {} for i in range(workers)]
-    return [Parallel([[*plain, "--shard", f"{i}/{workers}"] for i in range(workers)], envs),
-            [*plain, "--rebinarize"]]
+def shard_workers(command: str, args: list[str], workers: int, devices: list[str],
+                  gpus_per_worker: int = 1) -> list[Parallel | list[str]]:
+    """AIF or eval on one machine with several GPUs: one worker per GPU, each on its own share of the prompts or
+    questions (`--shard i/n`, stores of its own), side by side; then one merge (AIF: `--rebinarize` builds the
+    dataset; eval: the plain run reads every shard's records and reports)."""
+    plain = [sys.executable, "-m", "zephyr.cli", command, *args]
+    groups = [devices[i * gpus_per_worker:(i + 1) * gpus_per_worker] for i in range(workers)]
+    envs = [{"CUDA_VISIBLE_DEVICES": ",".join(g)} if g else {} for g in groups]
+    merge = [*plain, "--rebinarize"] if command == "aif" else plain
+    return [Parallel([[*plain, "--shard", f"{i}/{workers}"] for i in range(workers)], envs), merge]
 
 
 def die_with_parent() -> None:

@@ -45,8 +45,8 @@ from zephyr.launch import (
     LaunchSettings,
     Parallel,
     Slurm,
-    aif_workers,
     run_logged,
+    shard_workers,
     stage_command,
     stage_commands,
     visible_gpus,
@@ -109,10 +109,10 @@ def load_pipeline(path: str | Path, root: str | None = None, seed: int | None = 
         if not recipe.is_file():
             raise RecipeError(f"{path}: stage '{name}': recipe {stage['recipe']}: no such file")
         launch = LaunchSettings.parse(render(stage.get("launch"), variables), f"{path}: stage '{name}'")
-        if launch is not None and name not in TRAINING and (name != "aif" or launch != LaunchSettings(
+        if launch is not None and name not in TRAINING and (name not in ("aif", "eval") or launch != LaunchSettings(
                 num_processes=launch.num_processes)):
             raise RecipeError(f"{path}: stage '{name}': launch settings apply to training stages ({', '.join(TRAINING)}); "
-                              "aif takes only num_processes (workers, one per GPU)")
+                              "aif and eval take only num_processes (workers, one per GPU)")
         resolved[name] = {"recipe": str(recipe), "overrides": render(stage.get("overrides") or {}, variables),
                           "launch": launch}
     tiny = render(spec.get("tiny_model"), variables) if spec.get("tiny_model") is not None else None
@@ -210,12 +210,12 @@ def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | 
         if slurm and name in (*TRAINING, "aif"):
             lines.insert(0, f"Slurm: {slurm.nodes} node(s)" + (f" x {slurm.gpus_per_node} processes" if name in
                                                               TRAINING else ", one prompt shard each, then merged"))
-        elif name == "aif" and plan.runs_local_models(configs[0]):
-            devices = visible_gpus()
-            workers = (stage["launch"].num_processes if stage["launch"] else None) or len(devices)
+        elif name in ("aif", "eval") and plan.runs_local_models(configs[0]):
+            devices, tp = visible_gpus(), plan.gpus_per_worker(configs[0])
+            workers = (stage["launch"].num_processes if stage["launch"] else None) or len(devices) // tp
             if workers > 1:
-                commands = aif_workers(argv, workers, devices)
-                lines.insert(0, f"workers: {workers} side by side (one per GPU), one prompt shard each, then merged")
+                commands = shard_workers(name, argv, workers, devices, tp)
+                lines.insert(0, f"workers: {workers} side by side ({tp} GPU(s) each), one shard each, then merged")
         steps.append(Step(name, commands, output, stage_hash(stage), lines, env))
         produced.append(output)
     return steps

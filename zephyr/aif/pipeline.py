@@ -31,7 +31,7 @@ from zephyr.data.loading import DataError, load_source
 from zephyr.inference.backends import ChatRequest, make_backend
 from zephyr.inference.failures import check_missing
 from zephyr.inference.settings import GeneratorConfig
-from zephyr.inference.store import RecordStore, read_stores
+from zephyr.inference.store import RecordStore, parse_shard, read_stores
 
 logger = logging.getLogger("zephyr.aif")
 
@@ -93,18 +93,6 @@ def load_prompts(src: PromptSource) -> tuple[list[Prompt], Counter]:
     for reason, n in dropped.items():
         logger.warning("%s: skipped %d prompts (%s)", src.id, n, reason)
     return prompts, dropped
-
-
-def parse_shard(shard: str | None) -> tuple[int, int]:
-    if not shard:
-        return 0, 1
-    try:
-        i, n = (int(x) for x in shard.split("/"))
-        if not 0 <= i < n:
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"shard: expected i/n with 0 <= i < n, e.g. 0/4; got {shard!r}") from None
-    return i, n
 
 
 # ------------------------------------------------------------------------------------------------ keys

@@ -33,6 +33,11 @@ class EvalConfig:
     bootstrap_samples: int = field(default=2000, metadata={"help": "Bootstrap resamples for confidence intervals."})
     confidence: float = field(default=0.95, metadata={"help": "Confidence level of the intervals."})
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
+    shard: str | None = field(
+        default=None,
+        metadata={"help": "i/n: answer and grade only shard i of n of the questions (one worker per GPU; `zephyr "
+                  "run` starts them). The run without shard merges every shard's records and reports."},
+    )
     max_failure_rate: float = field(
         default=0.0,
         metadata={"help": "Fraction of answers, grades and verdicts that may still be missing (failed) at the end; "

@@ -23,7 +23,7 @@ from zephyr.evaluation.stats import bootstrap_mean, paired_difference
 from zephyr.inference.backends import ChatRequest, make_backend
 from zephyr.inference.failures import check_missing
 from zephyr.inference.settings import GeneratorConfig
-from zephyr.inference.store import RecordStore
+from zephyr.inference.store import RecordStore, parse_shard, read_stores
 
 logger = logging.getLogger("zephyr.eval")
 
@@ -236,13 +236,27 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     source = Path(cfg.questions)  # a question file, or a dataset: then its questions as loaded
     content = source.read_bytes() if source.is_file() else json.dumps([vars(q) for q in questions]).encode()
     qhash = hashlib.sha256(content).hexdigest()[:12]
-    store = RecordStore(out / f"eval_records.{qhash}.jsonl")
-    failures = Failures(out / "failures.jsonl")
+    i, n = parse_shard(cfg.shard)
+    if n > 1:  # one worker of several (one per GPU): answer and grade its share of the questions, report nothing
+        questions = questions[i::n]
+        suffix = f".shard-{i}-of-{n}"
+    else:
+        suffix = ""
+    store = RecordStore(out / f"eval_records.{qhash}{suffix}.jsonl")
+    if n == 1:  # the merge: what shard workers stored counts as stored here
+        shards = read_stores(out.glob(f"eval_records.{qhash}.shard-*.jsonl"))
+        store.append(record for key, record in shards.items() if key not in store)
+    failures = Failures(out / f"failures{suffix}.jsonl")
     answers = {m.name: answer_questions(m, questions, store, failures) for m in cfg.models}
     grader = Grader(cfg.judge)
     single, pairwise = cfg.mode in ("single", "both"), cfg.mode in ("pairwise", "both")
     grades = grade_single(cfg, grader, questions, answers, store, failures) if single else None
     outcomes = grade_pairwise(cfg, grader, questions, answers, store, failures) if pairwise else None
+    if n > 1:
+        missing, expected = missing_results(questions, answers, grades, outcomes)
+        logger.info("eval shard %d/%d done (%d of %d results missing); the run without --shard merges the shards "
+                    "and reports", i, n, missing, expected)
+        return {"shard": cfg.shard, "missing": missing, "of": expected}
     margins = None
     if cfg.reward_accuracy:
         from zephyr.evaluation.reward_accuracy import reward_margins

@@ -93,7 +93,8 @@ class VLLMBackend:
             from vllm import LLM
         except ImportError as err:
             raise ImportError("backend vllm needs vLLM: pip install -e '.[vllm]' (GPU machines)") from err
-        self.llm = LLM(model=settings.model, dtype=settings.dtype, trust_remote_code=settings.trust_remote_code)
+        self.llm = LLM(model=settings.model, dtype=settings.dtype, trust_remote_code=settings.trust_remote_code,
+                       tensor_parallel_size=settings.tensor_parallel_size)
 
     def complete(self, requests: list[ChatRequest], seed: int = 0) -> list[ChatResult]:
         from vllm import SamplingParams

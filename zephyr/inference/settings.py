@@ -50,6 +50,11 @@ class EndpointSettings:
     retry_backoff: float = field(default=0.5, metadata={"help": "Seconds before the first retry; doubles each time."})
     dtype: str = field(default="auto", metadata={"help": "Weights dtype for local backends."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run custom model code (off by default)."})
+    tensor_parallel_size: int = field(
+        default=1,
+        metadata={"help": "vllm backend: GPUs one model is split across. Under `zephyr run`, a stage with G visible "
+                  "GPUs runs G / tensor_parallel_size workers side by side (data parallel)."},
+    )
     extra_body: dict[str, Any] | None = field(
         default=None,
         metadata={"help": "openai backend: extra fields for every request body, for server-specific settings "

@@ -80,3 +80,16 @@ def read_stores(paths: Iterable[Path]) -> dict[str, dict[str, Any]]:
         for key, record in RecordStore(path).records.items():
             merged.setdefault(key, record)
     return merged
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """`--shard i/n` (AIF and eval workers, one per GPU or node, each with stores of its own) as (i, n)."""
+    if not shard:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"shard: expected i/n with 0 <= i < n, e.g. 0/4; got {shard!r}") from None
+    return i, n
