@@ -121,8 +121,9 @@ def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ..
     model_args, data_args, training_args = parse_stage_args(argv, classes, stage)
     setup_logging(training_args)
     if training_args.world_size > 1:  # every rank says who it is: the stage log then shows all of them
-        print(f"zephyr: {stage} rank {training_args.process_index} of {training_args.world_size} on "
-              f"{socket.gethostname()} ({training_args.device})", file=sys.stderr, flush=True)
+        sys.stderr.write(f"zephyr: {stage} rank {training_args.process_index} of {training_args.world_size} on "
+                         f"{socket.gethostname()} ({training_args.device})\n")  # one write: ranks share the log
+        sys.stderr.flush()
     set_seed(training_args.seed)
     prepare_tracking(training_args, stage, public_values(model_args, data_args, training_args))
 
