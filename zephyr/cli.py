@@ -25,8 +25,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 
 
@@ -53,11 +51,8 @@ def accelerate_config_path(name: str) -> Path:
     raise FileNotFoundError(f"accelerate config {name!r} not found (shipped: {shipped})")
 
 
-def relaunch_with_accelerate(command: str, argv: list[str]) -> int | None:
-    """`zephyr sft --accelerate-config zero3 ...` is `accelerate launch --config_file
-    accelerate_configs/zero3.yaml -m zephyr.cli sft ...`: the same launch, without typing it."""
-    if "--accelerate-config" not in argv and not any(a.startswith("--accelerate-config=") for a in argv):
-        return None
+def split_accelerate_config(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(CFG of `--accelerate-config CFG` or `--accelerate-config=CFG`, or None; the other arguments)."""
     rest, config = [], None
     i = 0
     while i < len(argv):
@@ -69,12 +64,19 @@ def relaunch_with_accelerate(command: str, argv: list[str]) -> int | None:
         else:
             rest.append(argv[i])
         i += 1
-    path = accelerate_config_path(config)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path)]
-    settings = yaml.safe_load(path.read_text()) or {}
-    if settings.get("num_machines", 1) == 1 and "main_process_port" not in settings:
-        cmd += ["--main_process_port", str(free_port())]  # two jobs on one machine must not share 29500
-    cmd += ["-m", "zephyr.cli", command, *rest]
+    return config, rest
+
+
+def relaunch_with_accelerate(command: str, argv: list[str]) -> int | None:
+    """`zephyr sft --accelerate-config zero3 ...` is `accelerate launch --config_file
+    accelerate_configs/zero3.yaml -m zephyr.cli sft ...`: the same launch, without typing it."""
+    from zephyr.launch import LaunchSettings, stage_command
+
+    config, rest = split_accelerate_config(argv)
+    if config is None:
+        return None
+    accelerate_config_path(config)  # a missing or unknown config is an error, not a plain one-process run
+    cmd = stage_command(command, rest, LaunchSettings(accelerate_config=config))
     print("zephyr: running " + " ".join(cmd[2:]), file=sys.stderr)
     return run_launcher(cmd)
 
@@ -124,9 +126,7 @@ def dry_run(stage: str, argv: list[str]) -> int:
     from zephyr.launch import LaunchSettings
     from zephyr.plan import dry_run_stage
 
-    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--accelerate-config"), None)
-    argv = [a for i, a in enumerate(argv) if a != "--accelerate-config" and (i == 0 or argv[i - 1] !=
-                                                                              "--accelerate-config")]
+    config, argv = split_accelerate_config(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         dry_run_stage(stage, argv, LaunchSettings(accelerate_config=config) if config else None)
