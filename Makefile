@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN = $(VENV)/bin
 TINY = outputs/tiny
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast test-latest lint clean
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,23 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The inner loop: everything but the end-to-end runs marked slow (under 3 minutes on 2 cores).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The suite on the newest releases setup.cfg's ranges allow, in its own venv, without the lock (torch stays
+# 2.13.0: any other torch spec pulls GBs of CUDA wheels here). Tells whether the ranges still hold.
+LATEST = .venv-latest
+test-latest:
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet torch==2.13.0
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]" "torch==2.13.0"
+	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest -q
+
 lint: setup
-	$(BIN)/ruff check zephyr scripts tests
+	$(BIN)/ruff check zephyr scripts tests benchmarks
 
 clean:
-	rm -rf outputs
+	rm -rf outputs $(LATEST)

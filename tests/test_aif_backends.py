@@ -13,6 +13,7 @@ import yaml
 from aif_fakes import CORRECT, WRONG, FakeOpenAI, Fault, rationale
 
 from zephyr import cli
+from zephyr.aif.keys import key_parts
 from zephyr.aif.pipeline import completion_key
 from zephyr.embedded.tasks import make_rows, solve
 from zephyr.inference.backends import EndpointError
@@ -175,7 +176,7 @@ def test_transport_faults_are_retried_recorded_and_filled_in_by_a_rerun(server, 
     assert {f["key"] for f in failures} == set(lost) and len(failures) == 3
     reasons = {f["key"]: f["reason"] for f in failures}
     assert {f["kind"] for f in failures} == {"generation"}
-    by_prompt = {k.split("|")[0]: r for k, r in reasons.items()}
+    by_prompt = {key_parts(k)[0]: r for k, r in reasons.items()}
     ids = [x["prompt_id"] for x in prompt_list(prompts_file)[:8]]
     assert by_prompt[ids[1]] == "HTTP 503: fake 503 (after 3 attempts)"  # with the server's own words
     assert by_prompt[ids[3]] == "invalid response (not an OpenAI chat completion) (after 3 attempts)"

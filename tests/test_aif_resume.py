@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from zephyr.aif.keys import key_parts
 from zephyr.embedded.tasks import judge as task_judge
 from zephyr.stages import aif
 
@@ -108,7 +109,8 @@ def copy_run(baseline, tiny: Path, tmp_path: Path, name: str, **kw) -> tuple[Pat
 
 
 # ------------------------------------------------------------------------------------------------ kill -9
-def test_kill_9_mid_generation_then_resume_equals_an_uninterrupted_run(baseline, tiny_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_kill_9_mid_generation_then_resume_equals_an_uninterrupted_run(baseline, tiny_dir, tmp_path, caplog):
     _, base_out, base_summary = baseline
     out = tmp_path / "killed"
     path = recipe(tmp_path, tiny_dir, out)
@@ -148,9 +150,9 @@ def test_kill_9_mid_generation_then_resume_equals_an_uninterrupted_run(baseline,
     data = store.read_bytes()
     last = data[data.rstrip(b"\n").rfind(b"\n") + 1:]
     store.write_bytes(data[: len(data) - len(last)] + last[: len(last) // 2])
-    capsys.readouterr()
+    caplog.clear()
     summary = aif.main([str(path)])
-    assert "cutting off an incomplete last record" in capsys.readouterr().out
+    assert "cutting off an incomplete last record" in caplog.text
     assert (summary.completions_new, summary.judged_new) == (1, 0)
     assert store.read_bytes() == data  # the redone answer is the one that was lost
     assert responses(out) == responses(base_out)
@@ -244,9 +246,9 @@ def test_shards_then_rebinarize_cover_every_prompt(baseline, tiny_dir, tmp_path)
         assert not (out / "data").exists()  # a shard builds no dataset
     assert not (out / "completions.jsonl").exists()
     stores = [responses(out, f"completions.shard-{i}-of-2.jsonl") for i in (0, 1)]
-    ids = [{key.split("|")[0] for key in store} for store in stores]
+    ids = [{key_parts(key)[0] for key in store} for store in stores]
     assert len(ids[0]) == len(ids[1]) == 60 and not ids[0] & ids[1]
-    assert ids[0] | ids[1] == {key.split("|")[0] for key in responses(base_out)}
+    assert ids[0] | ids[1] == {key_parts(key)[0] for key in responses(base_out)}
     assert [complete_lines(out / f"judgments.shard-{i}-of-2.jsonl") for i in (0, 1)] == [60, 60]
 
     summary = aif.main([str(path), "--rebinarize"])
@@ -258,7 +260,7 @@ def test_shards_then_rebinarize_cover_every_prompt(baseline, tiny_dir, tmp_path)
     answers = {**stores[0], **stores[1]}
     by_prompt: dict[str, set[str]] = {}
     for key, response in answers.items():
-        by_prompt.setdefault(key.split("|")[0], set()).add(response)
+        by_prompt.setdefault(key_parts(key)[0], set()).add(response)
     for row in new:  # every pair is made of that prompt's answers from its own shard's store
         assert {row["chosen"][1]["content"], row["rejected"][1]["content"]} <= by_prompt[row["prompt_id"]]
     used = {i for row in new for i in (0, 1) if row["prompt_id"] in ids[i]}

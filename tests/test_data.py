@@ -867,3 +867,81 @@ def test_alpaca_conversion_matches_oracle(instruction, extra, output):
     user = f"{instruction}\n\n{extra}" if extra and has_text(extra) else instruction
     assert out == {"messages": [u(user), a(output)]}
     assert (sft_problem(out) is None) == has_text(output)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8. split names on local data (the handbook's dataset_splits) and held-out rows: never evaluate on training rows
+
+
+def test_single_file_cannot_give_a_second_split(tmp_path):
+    # The handbook's dataset_mixer + dataset_splits [train_prefs, test_prefs] pointed at one file: before, both
+    # splits read the whole file, and the eval rows were the training rows.
+    rows = write_jsonl(tmp_path / "prefs.jsonl", pref_rows(10))
+    values = translate_legacy_keys({"dataset_mixer": {str(rows): 1.0}, "dataset_splits": ["train_prefs", "test_prefs"]},
+                                   stage="dpo", source="x")
+    with pytest.raises(DataError) as err:
+        prepare_datasets(DataArguments(dataset_mixture=values["dataset_mixture"]), "preference")
+    assert str(err.value).startswith(
+        f"dataset_mixture.datasets[1]: {rows} is a single file, which has one split: split 'test_prefs' would read "
+        "the same rows as split 'train_prefs' (dataset_mixture.datasets[0]). Use a folder in hub layout "
+        "(data/train_prefs-*.parquet, data/test_prefs-*.parquet)")
+    # the same for two training splits (the handbook's newer mixture trains on train_sft and test_sft)
+    with pytest.raises(DataError, match=r"datasets\[1\]: .* is a single file, which has one split"):
+        prepare_datasets(mixture({"id": str(rows), "split": "train_prefs"}, {"id": str(rows), "split": "test_prefs"}),
+                         "preference")
+
+
+def test_eval_source_that_reads_the_training_rows_is_refused(tmp_path):
+    rows = write_jsonl(tmp_path / "chat.jsonl", sft_rows(10))
+    folder = write_hub_layout(tmp_path / "hub", {"train_sft": sft_rows(10), "test_sft": sft_rows(3, "t")})
+    with pytest.raises(DataError, match=r"^dataset_mixture.datasets\[1\]: split 'train' of .*chat.jsonl is also "
+                                        r"read for train \(dataset_mixture.datasets\[0\]\): the eval rows would be"):
+        prepare_datasets(mixture({"id": str(rows)}, {"id": str(rows), "role": "test"}), "sft")
+    with pytest.raises(DataError, match=r"^dataset_mixture.datasets\[1\]: split 'train_sft' of .* is also read"):
+        prepare_datasets(mixture({"id": str(folder), "split": "train_sft"},
+                                 {"id": str(folder), "split": "train_sft", "role": "test"}), "sft")
+    with pytest.raises(DataError, match=r"^dataset_test_split: split 'train_sft' of .* is also read for train "
+                                        r"\(dataset_train_split\)"):
+        prepare_file(folder, "sft", dataset_train_split="train_sft", dataset_test_split="train_sft")
+
+
+def test_named_splits_of_a_hub_layout_folder_are_distinct(tmp_path):
+    folder = write_hub_layout(tmp_path / "hub", {"train_sft": sft_rows(10, "tr"), "test_sft": sft_rows(3, "te")})
+    train, test, _ = prepare_datasets(mixture({"id": str(folder), "split": "train_sft"},
+                                              {"id": str(folder), "split": "test_sft", "role": "test"}), "sft")
+    assert as_set(train) == as_set(sft_rows(10, "tr")) and test.to_list() == sft_rows(3, "te")
+
+
+def test_same_rows_twice_in_one_role_is_a_weighting(tmp_path):
+    rows = write_jsonl(tmp_path / "chat.jsonl", sft_rows(4))
+    train, test, _ = prepare_datasets(mixture({"id": str(rows)}, {"id": str(rows)}), "sft")
+    assert len(train) == 8 and test is None
+
+
+def test_single_file_dataset_name_has_no_eval_split(tmp_path, caplog):
+    rows = write_jsonl(tmp_path / "prefs.jsonl", pref_rows(6))
+    caplog.set_level(logging.INFO, logger="zephyr.data.loading")
+    train, test, _ = prepare_file(rows, "preference", dataset_train_split="train_prefs",
+                                  dataset_test_split="test_prefs")
+    assert len(train) == 6 and test is None
+    assert any("is a single file" in r.getMessage() and "'test_prefs'" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("rows, size, held", [(1, 0.1, 1), (1, 1, 1), (5, 5, 5), (5, 8, 8), (4, 0.9, 4)])
+def test_test_split_size_that_leaves_no_training_row(tmp_path, rows, size, held):
+    data = write_jsonl(tmp_path / "chat.jsonl", sft_rows(rows))
+    with pytest.raises(DataError) as err:
+        prepare_datasets(mixture({"id": str(data)}, test_split_size=size), "sft")
+    plural = "row" if rows == 1 else "rows"
+    assert str(err.value).startswith(f"dataset_mixture.test_split_size: {size:g} holds out {held} of the {rows} "
+                                     f"training {plural}, leaving none to train on")
+
+
+@pytest.mark.parametrize("size", [1.5, -0.2])
+def test_test_split_size_is_a_fraction_or_a_count(tmp_path, size):
+    data = write_jsonl(tmp_path / "chat.jsonl", sft_rows(10))
+    with pytest.raises(DataError, match=rf"^dataset_mixture.test_split_size: expected a fraction in \(0, 1\) or a "
+                                        rf"whole number of rows >= 1, got {size:g}$"):
+        prepare_datasets(mixture({"id": str(data)}, test_split_size=size), "sft")
+    train, test, _ = prepare_datasets(mixture({"id": str(data)}, test_split_size=0), "sft")  # 0: no hold-out
+    assert len(train) == 10 and test is None

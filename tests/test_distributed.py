@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zephyr.cli import free_port
+from zephyr.launch import free_port
+
+pytestmark = pytest.mark.slow  # every test here launches whole processes
 
 REPO = Path(__file__).resolve().parents[1]
 

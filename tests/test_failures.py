@@ -161,6 +161,7 @@ def grade(call) -> Fault:
 
 
 # 2. ----------------------------------------------------------------------------------- AIF: all failed is not done
+@pytest.mark.slow
 def test_aif_whose_requests_all_fail_exits_non_zero_and_the_pipeline_does_not_mark_it_done(servers, prompts_file,  # noqa: F811
                                                                                             tmp_path):
     gen, judge = servers

@@ -22,15 +22,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zephyr import preflight
 from zephyr.chat_template import ZEPHYR_CHAT_TEMPLATE
-from zephyr.configs import DataArguments, DatasetSource, ModelArguments
+from zephyr.cli import main as cli_main
+from zephyr.configs import DataArguments, DatasetSource, ModelArguments, ZephyrSFTConfig
 from zephyr.data import prepare_datasets
 from zephyr.data.loading import DataError, check_utf8, first_json_problem
 from zephyr.data.pipeline import DataReport, canonical_rows
 from zephyr.modeling import load_model, load_tokenizer
 from zephyr.recipe import RecipeError, read_yaml
+from zephyr.stages.common import parse_stage_args
 
 REPO = Path(__file__).resolve().parents[1]
+SFT = (ModelArguments, DataArguments, ZephyrSFTConfig)
 
 
 def u(text: str) -> dict:
@@ -408,6 +412,182 @@ def test_check_utf8_agrees_with_decode_at_any_chunk_size(tmp_path_factory, data,
         assert f"line {line} (byte {err.start}): " in str(info.value)
     else:
         check_utf8(path, chunk_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 12. routine mistakes, second round (issue 14): each is one line from the `zephyr` command, exit code 2, and
+#     nothing written to output_dir. Run in this process (zephyr.cli.main): a subprocess costs ~9 s to start.
+
+
+def cli_error(capsys, *argv: str) -> str:
+    """`zephyr ARGV` in this process: exit code 2 and exactly one `zephyr: error:` line on stderr."""
+    code = cli_main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("zephyr: error: ")]
+    assert len(errors) == 1, err[-2000:]
+    return errors[0]
+
+
+def assert_nothing_written(out: Path) -> None:
+    assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))
+
+
+def dpo_recipe(tmp_path: Path, model: str, data: Path, extra: str = "") -> Path:
+    path = tmp_path / "dpo.yaml"
+    path.write_text(f"model_name_or_path: {model}\ndataset_name: {data}\noutput_dir: {tmp_path / 'out'}\n"
+                    f"max_steps: 1\nmax_length: 64\nreport_to: none\n{extra}", encoding="utf-8")
+    return path
+
+
+RANGES = [  # (stage, override, the error after "command line: ")
+    ("sft", ["--learning_rate", "-1"], "key 'learning_rate': expected a number > 0 (0 would train nothing), got -1.0"),
+    ("sft", ["--learning_rate", "0"], "key 'learning_rate': expected a number > 0 (0 would train nothing), got 0.0"),
+    ("sft", ["--per_device_train_batch_size", "0"],
+     "key 'per_device_train_batch_size': expected an integer >= 1, got 0"),
+    ("dpo", ["--per_device_eval_batch_size", "0"], "key 'per_device_eval_batch_size': expected an integer >= 1, got 0"),
+    ("sft", ["--gradient_accumulation_steps", "0"],
+     "key 'gradient_accumulation_steps': expected an integer >= 1, got 0"),
+    ("dpo", ["--beta", "-0.1"], "key 'beta': expected a number > 0 (the strength of the pull towards the reference; "
+                                "Zephyr: 0.01 to 0.1), got -0.1"),
+    ("sft", ["--max_length", "0"], "key 'max_length': expected a number of tokens >= 1, or null for no limit, got 0"),
+    ("sft", ["--num_train_epochs", "-1"], "key 'num_train_epochs': expected a number > 0, got -1.0"),
+    ("sft", ["--warmup_steps", "-0.1"],
+     "key 'warmup_steps': expected a number >= 0 (below 1: a fraction of the training steps), got -0.1"),
+    ("sft", ["--max_steps", "-2"], "key 'max_steps': expected a number of steps >= 1, or -1 to train num_train_epochs, "
+                                   "got -2"),
+    ("sft", ["--lora_dropout", "1"], "key 'lora_dropout': expected a number in [0, 1), got 1.0"),
+    ("sft", ["--max_train_samples", "0"], "key 'max_train_samples': expected an integer >= 1, or null for every row, "
+                                          "got 0"),
+    ("dpo", ["--loss_type", "bogus"], "key 'loss_type': expected one or more of sigmoid, hinge, ipo, exo_pair, "
+     "nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm (TRL "
+     "1.16 DPO loss types), got ['bogus']"),
+    ("dpo", ["--loss_type", "[sigmoid, sft]", "--loss_weights", "[1.0]"],
+     "key 'loss_weights': expected 2 weight(s), one per loss_type ['sigmoid', 'sft'], got [1.0]"),
+    ("sft", ["--loss_type", "bogus"],
+     "key 'loss_type': expected one of nll, dft (TRL 1.16 SFT loss types), got 'bogus'"),
+    ("sft", ["--dtype", "float64"], "key 'dtype': expected one of auto, float32, bfloat16, float16, got 'float64'"),
+    ("sft", ["--attn_implementation", "flash"], "key 'attn_implementation': expected null or one of eager, sdpa, "
+     "flex_attention, flash_attention_2, flash_attention_3, flash_attention_4, paged|eager, or a hub kernel such as "
+     "kernels-community/flash-attn2, got 'flash'"),
+    ("sft", ["--dataset_train_split", ""], "key 'dataset_train_split': expected a split name such as train or "
+                                           "train_sft, got ''"),
+]
+
+
+@pytest.mark.parametrize("stage, override, expected", RANGES, ids=[" ".join(r[1]) for r in RANGES])
+def test_out_of_range_value_is_one_line_and_writes_nothing(tmp_path, capsys, stage, override, expected):
+    data = write_lines(tmp_path / "rows.jsonl", jsonl_lines(GOOD))
+    recipe = (sft_recipe if stage == "sft" else dpo_recipe)(tmp_path, str(tmp_path / "model"), data)
+    assert cli_error(capsys, stage, str(recipe), *override) == f"zephyr: error: command line: {expected}"
+    assert_nothing_written(tmp_path / "out")
+    # --dry-run reads the recipe the same way, so it catches the same mistake
+    assert cli_error(capsys, stage, str(recipe), *override, "--dry-run") == f"zephyr: error: command line: {expected}"
+
+
+def test_out_of_range_value_in_the_file_names_the_file(tmp_path):
+    recipe = sft_recipe(tmp_path, "org/model", tmp_path / "rows.jsonl")
+    recipe.write_text(recipe.read_text() + "learning_rate: -2e-5\n", encoding="utf-8")
+    with pytest.raises(RecipeError) as err:
+        parse_stage_args([str(recipe)], SFT, "sft")
+    assert str(err.value) == f"{recipe}: key 'learning_rate': expected a number > 0 (0 would train nothing), got -2e-05"
+
+
+@pytest.mark.parametrize("given, meant", [("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16"),
+                                          ("null", "auto"), ("float32", "float32")])
+def test_dtype_aliases_are_read_and_logged(tmp_path, caplog, given, meant):
+    caplog.set_level(logging.WARNING, logger="zephyr.rules")
+    recipe = sft_recipe(tmp_path, "org/model", tmp_path / "rows.jsonl")
+    model, _, _ = parse_stage_args([str(recipe), "--dtype", given], SFT, "sft")
+    assert model.dtype == meant
+    said = [r.getMessage() for r in caplog.records if r.name == "zephyr.rules"]
+    assert said == ([] if given == meant else [f"command line: dtype: {given if given == 'null' else repr(given)} read "
+                                               f"as {meant!r}"])
+
+
+def test_flash_attention_without_flash_attn_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(preflight, "package_installed", lambda module: False)  # as on a machine without flash-attn
+    recipe = sft_recipe(tmp_path, str(tmp_path / "model"), write_lines(tmp_path / "rows.jsonl", jsonl_lines(GOOD)))
+    line = cli_error(capsys, "sft", str(recipe), "--attn_implementation", "flash_attention_2")
+    assert line == ("zephyr: error: key 'attn_implementation': flash_attention_2 needs the flash_attn package, which "
+                    "is not installed: set attn_implementation: sdpa, or pip install flash-attn")
+    assert_nothing_written(tmp_path / "out")
+    monkeypatch.setattr(preflight, "package_installed", lambda module: True)  # installed, but no GPU here
+    monkeypatch.setattr(preflight, "cuda_available", lambda: False)
+    with pytest.raises(RecipeError, match=r"^key 'attn_implementation': flash_attention_2 runs on CUDA GPUs only .*"
+                                          r"set attn_implementation: sdpa$"):
+        preflight.check_attention("flash_attention_2")
+    preflight.check_attention("sdpa")  # nothing to check
+
+
+def test_push_to_hub_offline_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = sft_recipe(tmp_path, str(tmp_path / "model"), write_lines(tmp_path / "rows.jsonl", jsonl_lines(GOOD)))
+    line = cli_error(capsys, "sft", str(recipe), "--push_to_hub", "true")
+    assert line == ("zephyr: error: key 'push_to_hub': true, but HF_HUB_OFFLINE=1 is set (offline mode): set "
+                    "push_to_hub: false (the model is saved in output_dir either way; `huggingface-cli upload` sends "
+                    "it later), or go online")
+    assert_nothing_written(tmp_path / "out")
+    # no offline flag, but no network either (nothing listens on port 9 here)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert preflight.hub_offline_reason().startswith("127.0.0.1 cannot be reached")
+
+
+NO_EVAL_WAYS_OUT = ("set eval_strategy: no, or give the data an eval split (dataset_test_split, a dataset_mixture "
+                    "source with role: test, or dataset_mixture.test_split_size to hold out some training rows)")
+
+
+def test_eval_strategy_without_an_eval_set_is_an_error(tmp_path, capsys):
+    prefs = write_lines(tmp_path / "prefs.jsonl", jsonl_lines(
+        [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(4)]))
+    recipe = dpo_recipe(tmp_path, str(tmp_path / "model"), prefs, "eval_strategy: epoch\n")
+    expected = (f"zephyr: error: eval_strategy: epoch needs an eval set, but dataset_name {prefs} is a single file "
+                f"(one split: the training rows): {NO_EVAL_WAYS_OUT}")
+    assert cli_error(capsys, "dpo", str(recipe)) == expected
+    assert_nothing_written(tmp_path / "out")
+    assert cli_error(capsys, "dpo", str(recipe), "--dry-run") == expected
+    # the shipped tiny recipe (eval_strategy: epoch) pointed at such a file says the same
+    shipped = cli_error(capsys, "dpo", str(REPO / "recipes/tiny/dpo.yaml"), "--dataset_name", str(prefs),
+                        "--output_dir", str(tmp_path / "out"))
+    assert shipped == expected
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_eval_strategy_with_a_missing_default_test_split(tmp_path, capsys, tiny_dir):
+    """A folder without the default 'test' split is only known to lack it once loaded: the Trainer's refusal
+    becomes the same one-line error."""
+    recipe = sft_recipe(tmp_path, str(tiny_dir / "model"), tiny_dir / "data" / "sft")
+    line = cli_error(capsys, "sft", str(recipe), "--dataset_train_split", "train_sft", "--max_train_samples", "8",
+                     "--long_rows", "drop", "--eval_strategy", "epoch")
+    assert line == (f"zephyr: error: eval_strategy: epoch needs an eval set, but {tiny_dir / 'data' / 'sft'} has no "
+                    f"split 'test': {NO_EVAL_WAYS_OUT}")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_test_split_size_larger_than_the_data_through_the_cli(tmp_path, capsys, tiny_dir):
+    one_row = write_lines(tmp_path / "one.jsonl", jsonl_lines(GOOD[:1]))
+    recipe = sft_recipe(tmp_path, str(tiny_dir / "model"), one_row)
+    line = cli_error(capsys, "sft", str(recipe), "--dataset_mixture",  # replaces the file's dataset_name
+                     f"{{datasets: [{{id: {one_row}}}], test_split_size: 0.1}}")
+    assert line.startswith("zephyr: error: dataset_mixture.test_split_size: 0.1 holds out 1 of the 1 training row, "
+                           "leaving none to train on")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_cli_empty_recipe_names_the_file(tmp_path, capsys):
+    empty = tmp_path / "recipe.yaml"
+    empty.write_text("", encoding="utf-8")
+    assert cli_error(capsys, "sft", str(empty)) == (
+        f"zephyr: error: {empty}: missing required key(s) model_name_or_path (a hub id or a local model folder), "
+        "dataset_name or dataset_mixture (the training data) (see `zephyr sft --help` for every key)")
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "aif", "eval"])
+def test_stage_without_any_argument_prints_its_usage(capsys, stage):
+    assert cli_error(capsys, stage) == (f"zephyr: error: no recipe given. usage: zephyr {stage} RECIPE.yaml "
+                                        f"[--key value ...]; see `zephyr {stage} --help` for every key")
 
 
 def test_docs_table_names_only_existing_tests():

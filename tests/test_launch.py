@@ -131,6 +131,7 @@ def test_launch_settings_build_the_accelerate_command():
         LaunchSettings.parse({"num_gpus": 8}, "p.yaml")
 
 
+@pytest.mark.slow
 def test_a_failing_stage_names_itself_and_its_log(tiny_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
@@ -215,7 +216,7 @@ def test_sigterm_to_zephyr_run_stops_the_stage_cleanly(tiny_dir, tmp_path):
 def test_slurm_script_runs_the_whole_pipeline(tiny_dir, tmp_path):
     """`sbatch scripts/launch_slurm.sh run PIPELINE`, with stand-ins for srun and scontrol (one node, two CPU
     processes per training stage): training stages through srun + accelerate, AIF as shards then merged."""
-    from zephyr.cli import free_port
+    from zephyr.launch import free_port
 
     bin_dir, calls = tmp_path / "bin", tmp_path / "srun_calls.txt"
     bin_dir.mkdir()
@@ -262,6 +263,7 @@ def test_stage_dry_run_of_the_zephyr_7b_recipes_loads_nothing(recipe, monkeypatc
         assert any("reference:" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_stage_dry_run_on_the_command_line_reports_a_typo(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "zephyr.cli", "sft", str(REPO / "recipes/tiny/sft.yaml"),
                            "--dry-run", "--learning_rat", "1"], cwd=tmp_path, capture_output=True, text=True,
@@ -274,6 +276,7 @@ def test_stage_dry_run_on_the_command_line_reports_a_typo(tmp_path):
     assert "questions: outputs/tiny/data/eval/questions.jsonl: no such file or folder" in proc.stderr
 
 
+@pytest.mark.slow
 def test_aif_runs_one_worker_per_gpu_then_merges(tiny_dir, tmp_path):
     """AIF with local models and several GPUs: workers side by side, one prompt shard each, then one merge (here
     two workers asked for explicitly, on CPU)."""
@@ -293,6 +296,7 @@ def test_aif_runs_one_worker_per_gpu_then_merges(tiny_dir, tmp_path):
         run_pipeline(pipeline, dry_run=True)
 
 
+@pytest.mark.slow
 def test_eval_runs_one_worker_per_gpu_then_merges_and_reports(tiny_dir, tmp_path):
     """Eval with local models and several GPUs: workers answer and grade their shares side by side, then one run
     reads every shard's records and reports on all questions (two workers asked for explicitly, on CPU)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 import torch
 from helpers import stage_configs
 
@@ -67,7 +68,7 @@ def test_packed_log_probs_equal_padded_and_do_not_leak_across_sequences(tiny_dir
     trainer, batch = batch_and_trainer(tiny_dir, tmp_path)
     model = trainer.model.eval()
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-    packed = PackedForward(model, trainer._tokenizer.pad_token_id)
+    packed = PackedForward(model, trainer.processing_class.pad_token_id)
     with torch.no_grad():
         padded_out = fused(model, batch, labels)
         packed_out = packed(batch["input_ids"], batch["attention_mask"], labels, fused_lm_head=True, use_cache=False)
@@ -82,6 +83,7 @@ def test_packed_log_probs_equal_padded_and_do_not_leak_across_sequences(tiny_dir
         torch.testing.assert_close(again.log_probs[1:], packed_out.log_probs[1:], atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_dpo_losses_with_and_without_packing_match(tiny_dir, tmp_path):
     losses = {}
     for packed in (False, True):

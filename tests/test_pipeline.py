@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 
 from zephyr.pipeline import MARKER, run_pipeline
 
+pytestmark = pytest.mark.slow  # every test here launches whole processes
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Fake credentials in the environment of every pipeline run (and a hub_token in the dSFT and dDPO overrides):

@@ -28,6 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p for p in (REPO / "recipes").rglob("*") if p.suffix in (".yaml", ".yml") and not p.stem.startswith("pipeline"))  # pipelines: tests/test_launch.py
 PIPELINES = sorted((REPO / "recipes").rglob("pipeline*.yaml"))
 BF16_GPU = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+CORES = len(os.sched_getaffinity(0))
+# The keys a training recipe cannot do without, for tests about other keys: as YAML lines and as overrides.
+NEEDED_YAML = "model_name_or_path: org/model\ndataset_name: org/data\n"
+NEEDED = ["model_name_or_path=org/model", "dataset_name=org/data"]
 
 
 def write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
@@ -115,11 +119,15 @@ def test_yaml_loads_with_exact_values(sft_recipe, tmp_path):
 
 def test_empty_recipe_and_overrides_only(tmp_path):
     empty = write(tmp_path, "# nothing yet\n")
-    _, _, train = parse_stage_args([str(empty), f"output_dir={tmp_path}"], SFT, "sft")
+    _, _, train = parse_stage_args([str(empty), *NEEDED, f"output_dir={tmp_path}"], SFT, "sft")
     assert train.output_dir == str(tmp_path)
+    # Alone it names itself and what it lacks (tests/test_hostile_input.py: through the CLI).
+    with pytest.raises(RecipeError, match=rf"^{re.escape(str(empty))}: missing required key\(s\) model_name_or_path "):
+        parse_stage_args([str(empty)], SFT, "sft")
 
     # No recipe at all: every key comes as an override.
-    model, _, train = parse_stage_args(["--model_name_or_path", "m", f"--output_dir={tmp_path}"], SFT, "sft")
+    model, _, train = parse_stage_args(["--model_name_or_path", "m", "--dataset_name", "d", f"--output_dir={tmp_path}"],
+                                       SFT, "sft")
     assert model.model_name_or_path == "m"
     assert train.output_dir == str(tmp_path)
 
@@ -188,7 +196,7 @@ def test_override_casting(sft_recipe, override, get, expected):
 ])
 def test_override_cast_same_as_yaml(tmp_path, key, text):
     """`key: TEXT` in a recipe and `--key TEXT` on the command line give the same config."""
-    out = f"output_dir: {tmp_path}\n"
+    out = f"{NEEDED_YAML}output_dir: {tmp_path}\n"
     from_yaml = parse_stage_args([str(write(tmp_path, f"{out}{key}: {text}\n", "a.yaml"))], SFT, "sft")
     from_cli = parse_stage_args([str(write(tmp_path, out, "b.yaml")), f"--{key}", text], SFT, "sft")
     for a, b in zip(from_yaml, from_cli, strict=True):
@@ -223,10 +231,10 @@ def test_bad_yaml_value_names_file_and_key(tmp_path):
 
 def test_unquoted_yaml_no_for_a_text_key(tmp_path):
     # YAML 1.1 reads `no` as false; the error says to quote it.
-    path = write(tmp_path, f"output_dir: {tmp_path}\neval_strategy: no\n")
+    path = write(tmp_path, f"{NEEDED_YAML}output_dir: {tmp_path}\neval_strategy: no\n")
     with pytest.raises(RecipeError, match=r"'eval_strategy'.*quote it"):
         parse_stage_args([str(path)], SFT, "sft")
-    quoted = write(tmp_path, f"output_dir: {tmp_path}\neval_strategy: \"no\"\n", "quoted.yaml")
+    quoted = write(tmp_path, f"{NEEDED_YAML}output_dir: {tmp_path}\neval_strategy: \"no\"\n", "quoted.yaml")
     assert parse_stage_args([str(quoted)], SFT, "sft")[2].eval_strategy == "no"
 
 
@@ -265,7 +273,7 @@ def test_unknown_override_key_says_command_line(sft_recipe):
 
 def test_stage_specific_keys(tmp_path):
     # `beta` is a DPO key: an SFT recipe may not use it, a DPO recipe may.
-    path = write(tmp_path, f"output_dir: {tmp_path}\nbeta: 0.05\n")
+    path = write(tmp_path, f"{NEEDED_YAML}output_dir: {tmp_path}\nbeta: 0.05\n")
     with pytest.raises(RecipeError, match=r"unknown key 'beta'"):
         parse_stage_args([str(path)], SFT, "sft")
     assert parse_stage_args([str(path)], DPO, "dpo")[2].beta == 0.05
@@ -428,7 +436,7 @@ def test_handbook_sft_recipe(tmp_path, caplog):
         "seed": 0,
         "test_split_size": 500,
     }
-    assert train.dataset_num_proc == 4  # preprocessing_num_workers
+    assert train.dataset_num_proc == min(4, CORES)  # preprocessing_num_workers, at most one per core
     assert train.max_length == 2048  # max_seq_length
     assert train.warmup_steps == 0.1  # warmup_ratio: transformers 5 reads < 1 as a ratio
     assert train.eval_strategy == "epoch"  # evaluation_strategy
@@ -444,7 +452,8 @@ def test_handbook_sft_recipe(tmp_path, caplog):
     assert train.report_to == ["wandb"]
     assert train.save_strategy == "steps" and train.save_steps == 100
     assert train.seed == 42
-    assert train.assistant_only_loss is True
+    # its chat_template has no {% generation %} markers: the loss covers every token, as in the handbook
+    assert train.assistant_only_loss is False
 
     warnings = compat_warnings(caplog)
     for ignored in ("overwrite_output_dir", "do_eval"):
@@ -475,7 +484,7 @@ def test_handbook_dpo_recipe(tmp_path, caplog):
         ],
         "seed": 42,
     }
-    assert train.dataset_num_proc == 12
+    assert train.dataset_num_proc == min(12, CORES)
     assert train.beta == 0.01
     assert train.loss_type == ["sigmoid", "sft"]  # rpo_alpha
     assert train.loss_weights == [1.0, 0.5]
@@ -497,12 +506,13 @@ def test_handbook_dpo_recipe(tmp_path, caplog):
 
 
 def test_handbook_dpo_loss_type_string_without_rpo_alpha(tmp_path):
-    path = write(tmp_path, f"output_dir: {tmp_path}\nloss_type: ipo\n")
+    path = write(tmp_path, f"{NEEDED_YAML}output_dir: {tmp_path}\nloss_type: ipo\n")
     assert parse_stage_args([str(path)], DPO, "dpo")[2].loss_type == ["ipo"]
 
 
 def test_mixer_fraction_and_configs(tmp_path):
     path = write(tmp_path, f"""
+        model_name_or_path: org/model
         output_dir: {tmp_path}
         dataset_mixer:
           org/a: 0.25
@@ -524,7 +534,7 @@ def test_mixer_fraction_and_configs(tmp_path):
 
 def test_new_key_wins_over_legacy_key(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="zephyr.compat")
-    path = write(tmp_path, f"output_dir: {tmp_path}\ntorch_dtype: float16\ndtype: float32\n")
+    path = write(tmp_path, f"{NEEDED_YAML}output_dir: {tmp_path}\ntorch_dtype: float16\ndtype: float32\n")
     assert parse_stage_args([str(path)], SFT, "sft")[0].dtype == "float32"
     assert any("'torch_dtype' ignored because 'dtype' is also set" in w for w in compat_warnings(caplog))
 
@@ -541,7 +551,7 @@ def test_legacy_keys_as_overrides(sft_recipe, caplog):
 
 @pytest.mark.parametrize(("alpha", "weight"), [("0.25", 0.25), ("1", 1.0)])
 def test_rpo_alpha_override(tmp_path, alpha, weight):
-    _, _, train = parse_stage_args([f"output_dir={tmp_path}", "--rpo_alpha", alpha], DPO, "dpo")
+    _, _, train = parse_stage_args([*NEEDED, f"output_dir={tmp_path}", "--rpo_alpha", alpha], DPO, "dpo")
     assert train.loss_type == ["sigmoid", "sft"]
     assert train.loss_weights == [1.0, weight]
 
@@ -668,7 +678,8 @@ def test_public_values_drop_secrets(sft_recipe, monkeypatch):
 
 def test_public_values_drop_secrets_dpo(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    configs = parse_stage_args([f"output_dir={tmp_path}", "hub_token=hf_SECRET123", "--beta", "0.2"], DPO, "dpo")
+    configs = parse_stage_args([*NEEDED, f"output_dir={tmp_path}", "hub_token=hf_SECRET123", "--beta", "0.2"], DPO,
+                               "dpo")
     values = public_values(*configs)
     assert "hf_SECRET123" not in json.dumps(values)
     assert values["beta"] == 0.2
@@ -701,7 +712,7 @@ def test_dpo_defaults(tmp_path):
 
 
 def test_recipe_defaults_match_class_defaults(tmp_path):
-    _, _, train = parse_stage_args([f"output_dir={tmp_path}"], SFT, "sft")
+    _, _, train = parse_stage_args([*NEEDED, f"output_dir={tmp_path}"], SFT, "sft")
     assert train.assistant_only_loss is True
     assert train.bf16 is BF16_GPU
     assert train.report_to == []

@@ -20,8 +20,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zephyr.checkpointing import MANIFEST, incomplete_reason, last_complete_checkpoint, remove_leftovers
-from zephyr.cli import free_port
+from zephyr.checkpointing import (
+    MANIFEST,
+    STAGING_PREFIX,
+    incomplete_reason,
+    last_complete_checkpoint,
+    remove_leftovers,
+    staging_dir,
+)
+from zephyr.launch import free_port
 from zephyr.stages.reliability import CheckpointSaveError, NonFiniteError
 from zephyr.tracking import read_metrics
 
@@ -147,6 +154,7 @@ def resumed_past(run: Run, rows_before: int, steps: int = 2):
     return lambda: "resuming from" in run.log() and len(read_metrics(run.out)) >= rows_before + steps
 
 
+@pytest.mark.slow
 def test_dpo_sigkill_then_sigterm_then_rerun_matches_an_uninterrupted_run(reference, tiny_dir, tmp_path):
     out = tmp_path / "dpo"
     cmd = command("dpo", tiny_dir, out)
@@ -190,6 +198,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_sft_crash_while_saving_then_sigint_then_rerun_matches_an_uninterrupted_run(reference, tiny_dir, tmp_path):
     """Length-grouped batches, resumed in the middle of the second epoch: the order of the batches must not depend
     on the RNG state at the time the epoch starts."""
@@ -199,7 +208,7 @@ def test_sft_crash_while_saving_then_sigint_then_rerun_matches_an_uninterrupted_
     run = Run([sys.executable, "-c", CRASH_WHILE_SAVING.format(save_steps=SAVE_STEPS), *cmd[3:]], out)
     assert run.wait() == -signal.SIGKILL, run.log()[-3000:]
     assert checkpoint_steps(out) == [SAVE_STEPS, 2 * SAVE_STEPS, 3 * SAVE_STEPS]
-    assert (out / f"tmp-checkpoint-{4 * SAVE_STEPS}" / f"checkpoint-{4 * SAVE_STEPS}" / "model.safetensors").is_file()
+    assert (staging_dir(out, 4 * SAVE_STEPS) / f"checkpoint-{4 * SAVE_STEPS}" / "model.safetensors").is_file()
     # a checkpoint-N that lost files (say, deleted halfway by rotation) is not picked either
     broken = out / "checkpoint-99"
     broken.mkdir()
@@ -208,7 +217,7 @@ def test_sft_crash_while_saving_then_sigint_then_rerun_matches_an_uninterrupted_
     rows = len(read_metrics(out))
     run = Run(cmd, out)
     run.until(resumed_past(run, rows))
-    assert not (out / f"tmp-checkpoint-{4 * SAVE_STEPS}").exists()
+    assert not staging_dir(out, 4 * SAVE_STEPS).exists()
     run.proc.send_signal(signal.SIGINT)
     assert run.wait() == 128 + signal.SIGINT
     log = run.log()
@@ -223,6 +232,7 @@ def test_sft_crash_while_saving_then_sigint_then_rerun_matches_an_uninterrupted_
     assert_same_training(out, reference("sft", 1, "train_sampling_strategy=group_by_length"))
 
 
+@pytest.mark.slow
 def test_two_processes_sigkill_then_one_rank_sigterm_then_rerun_matches(reference, tiny_dir, tmp_path):
     """2 processes (gloo), length-grouped batches, killed in the second epoch. SIGTERM reaches rank 1 only: both
     ranks agree at the next step, save one checkpoint together and stop; no rank waits forever for the other."""
@@ -250,13 +260,14 @@ def test_two_processes_sigkill_then_one_rank_sigterm_then_rerun_matches(referenc
     saved = out / f"checkpoint-{stopped_at}"
     assert (saved / "rng_state_0.pth").is_file() and (saved / "rng_state_1.pth").is_file()
     assert incomplete_reason(saved) is None
-    assert not list(out.glob("tmp-checkpoint-*"))
+    assert not list(out.glob(f"{STAGING_PREFIX}*"))
     assert_stopped_without_final_outputs(out)
     log = finish(cmd, out)
     assert f"resuming from {saved}" in log
     assert_same_training(out, reference("dpo", 2, *extra))
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_zephyr_command_reaches_every_rank(tiny_dir, tmp_path):
     """`zephyr sft --accelerate-config ...` runs `accelerate launch` under it: SIGTERM to zephyr is passed on
     (without that, zephyr would die and leave both ranks training on their own)."""
@@ -291,6 +302,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_stop_together_on_nan_in_one_rank(tiny_dir, tmp_path):
     out = tmp_path / "nan2"
     script = tmp_path / "nan_on_rank_1.py"
@@ -315,6 +327,7 @@ def run_in_process(stage: str, tiny: Path, out: Path, *extra: str):
     return (sft if stage == "sft" else dpo).main(stage_args(stage, tiny, out, 1, *extra))
 
 
+@pytest.mark.slow
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(reference, tiny_dir, tmp_path, monkeypatch, capsys):
     import transformers
 
@@ -337,7 +350,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(reference, tiny_di
     assert "Free some space, then rerun the same command" in message
     assert stop.value.code == 1 and message in capsys.readouterr().err
     assert checkpoint_steps(out) == [SAVE_STEPS] and incomplete_reason(previous) is None
-    assert not list(out.glob("tmp-checkpoint-*"))  # the partial save is removed: it only takes space
+    assert not list(out.glob(f"{STAGING_PREFIX}*"))  # the partial save is removed: it only takes space
     assert_stopped_without_final_outputs(out)
     monkeypatch.setattr(transformers.Trainer, "_save_optimizer_and_scheduler", save)
     run_in_process("sft", tiny_dir, out, "train_sampling_strategy=group_by_length")
@@ -396,10 +409,11 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     checkpoint(9, {"model.safetensors": b"ab"}, {"model.safetensors": 4})  # truncated
     checkpoint(12, {"model.safetensors": b"abcd"}, {"model.safetensors": 4, "optimizer.pt": 8})  # a file missing
     checkpoint(15, {"model.safetensors": b"abcd"}, None)  # plain transformers, trainer_state.json never written
-    (tmp_path / "tmp-checkpoint-18" / "checkpoint-18").mkdir(parents=True)  # a save in progress when it crashed
+    (staging_dir(tmp_path, 18) / "checkpoint-18").mkdir(parents=True)  # a save in progress when it crashed
+    (tmp_path / "tmp-checkpoint-17" / "checkpoint-17").mkdir(parents=True)  # the same, named by an older zephyr
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-6"
     assert incomplete_reason(tmp_path / "checkpoint-9") == "model.safetensors has 2 bytes, expected 4"
     assert incomplete_reason(tmp_path / "checkpoint-12") == "optimizer.pt is missing"
     assert incomplete_reason(good) is None
-    assert remove_leftovers(tmp_path) == [tmp_path / "tmp-checkpoint-18"]
-    assert not (tmp_path / "tmp-checkpoint-18").exists()
+    assert remove_leftovers(tmp_path) == [staging_dir(tmp_path, 18), tmp_path / "tmp-checkpoint-17"]
+    assert not staging_dir(tmp_path, 18).exists() and not (tmp_path / "tmp-checkpoint-17").exists()

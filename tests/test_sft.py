@@ -27,6 +27,7 @@ def log_losses(out):
     return [(h["step"], h["loss"]) for h in history if "loss" in h]
 
 
+@pytest.mark.slow
 def test_sft_end_to_end_loss_falls_files_written_model_generates(tiny_dir, tmp_path):
     out = tmp_path / "sft"
     metrics = sft.main(sft_args(tiny_dir, out, "--num_train_epochs", "2", "--save_strategy", "epoch", "--warmup_steps", "0.1",

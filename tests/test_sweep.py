@@ -42,6 +42,7 @@ def config(values: dict) -> SweepConfig:
     return cfg
 
 
+@pytest.mark.slow
 def test_grid_runs_every_combination_ranks_them_and_exports_the_best(tiny_dir, tmp_path):
     cfg = config(sweep_config(tiny_dir, tmp_path / "grid", {"beta": {"choices": [0.1, 0.5]},
                                                              "learning_rate": {"choices": [1e-4, 1e-3]}}))
@@ -59,6 +60,7 @@ def test_grid_runs_every_combination_ranks_them_and_exports_the_best(tiny_dir, t
     assert run_sweep(cfg) == rows  # rerun: everything finished, nothing runs again
 
 
+@pytest.mark.slow
 def test_random_and_tpe_sample_the_space_and_a_failing_trial_is_recorded(tiny_dir, tmp_path):
     for strategy in ("random", "tpe"):
         space = {"beta": {"low": 0.05, "high": 0.5, "log": True}, "loss_type": {"choices": ["sigmoid", "nonsense"]}}
@@ -72,6 +74,7 @@ def test_random_and_tpe_sample_the_space_and_a_failing_trial_is_recorded(tiny_di
                 assert r["state"] == "COMPLETE" and isinstance(r["value"], float)
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_and_reruns_the_interrupted_trial_from_its_checkpoint(tiny_dir, tmp_path):
     out = tmp_path / "killed"
     values = sweep_config(tiny_dir, out, {"beta": {"choices": [0.1, 0.2, 0.3]}})
@@ -112,6 +115,21 @@ def test_a_trial_another_live_worker_runs_is_not_requeued(tmp_path):
     assert states == ["RUNNING", "RUNNING", "FAIL", "WAITING"]
 
 
+def test_requeueing_twice_after_a_kill_between_queueing_and_marking_queues_once(tmp_path):
+    """A sweep killed after queueing an interrupted trial's copy, before marking the original failed: the next
+    run marks it, without a second copy; the copy names it as rerun, so it is not counted as a failure."""
+    values = {"base": "b.yaml", "stage": "dpo", "output_dir": str(tmp_path / "s"),
+              "space": {"beta": {"choices": [0.1]}}, "objective": {"metric": "m"}}
+    study = make_study(config(values))
+    dead = study.ask()
+    dead.set_user_attr("worker", f"{socket.gethostname()}:{2**22 + 12345}")  # no such process
+    study.enqueue_trial({}, user_attrs={"rerun_of": dead.number})  # the copy, queued just before the kill
+    assert requeue_interrupted(study) == 1
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+    assert requeue_interrupted(study) == 0
+
+
+@pytest.mark.slow
 def test_parallel_trials_share_one_reference_pass_are_grouped_and_reported(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ZEPHYR_CACHE", str(tmp_path / "cache"))  # a cold cache: the first trial must compute
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TAGS", "TENSORBOARD_LOGGING_DIR", "TRACKIO_DIR", "WANDB_DIR",
@@ -168,6 +186,7 @@ def test_parallel_trials_share_one_reference_pass_are_grouped_and_reported(tiny_
     assert all((out / f"trial-{i}" / "report" / "curves.png").is_file() for i in range(3))
 
 
+@pytest.mark.slow
 def test_pruning_stops_a_lagging_trial_early(tiny_dir, tmp_path):
     out = tmp_path / "prune"
     # trial 0 learns; trial 1 barely moves, so its eval loss lags trial 0's at the same step and it is stopped
@@ -199,6 +218,7 @@ def test_device_slots_give_each_trial_its_gpus_or_a_share_of_the_cores(monkeypat
     assert device_slots(config({**values, "parallel": 2})) == [{"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}] * 2
 
 
+@pytest.mark.slow
 def test_a_trial_runs_under_accelerate_launch_when_configured(tiny_dir, tmp_path):
     values = sweep_config(tiny_dir, tmp_path / "acc", {"beta": {"choices": [0.1]}})
     values["accelerate_config"] = "cpu_2proc"

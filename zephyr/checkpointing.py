@@ -2,9 +2,10 @@
 
 transformers writes `checkpoint-N` in place and picks the highest `checkpoint-N` to resume from, so a run killed
 mid-save (or stopped by a full disk) leaves a half-written folder that the next run loads. Here a checkpoint is
-written under `tmp-checkpoint-N/` (a name transformers' `^checkpoint-\\d+$` never matches), gets a manifest of its
-files, and is renamed to `checkpoint-N` only when every rank has finished writing. Resume takes the newest
-checkpoint whose manifest still holds, so a folder half-deleted by checkpoint rotation is skipped too.
+written under `_tmp-checkpoint-N/` (a name transformers' `^checkpoint-\\d+$` never matches, and which its Hub
+uploads skip: they ignore `_*`), gets a manifest of its files, and is renamed to `checkpoint-N` only when every
+rank has finished writing. Resume takes the newest checkpoint whose manifest still holds, so a folder
+half-deleted by checkpoint rotation is skipped too.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from pathlib import Path
 
 logger = logging.getLogger("zephyr")
 
-STAGING_PREFIX = "tmp-checkpoint-"  # being written
-TRASH_PREFIX = "deleting-checkpoint-"  # being replaced (a checkpoint saved twice at one step)
+# A leading "_": transformers' uploads of output_dir (push_to_hub) ignore `_*`, so a background upload that starts
+# while a checkpoint is being written or replaced never sends these folders (optimizer state included).
+STAGING_PREFIX = "_tmp-checkpoint-"  # being written
+TRASH_PREFIX = "_deleting-checkpoint-"  # being replaced (a checkpoint saved twice at one step)
+LEGACY_LEFTOVER_PREFIXES = ("tmp-checkpoint-", "deleting-checkpoint-")  # the same, named by older zephyr versions
 MANIFEST = "zephyr_checkpoint.json"
 LEGACY_LAST_FILE = "trainer_state.json"  # transformers writes it last: a checkpoint without our manifest needs it
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -100,11 +104,11 @@ def last_complete_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def remove_leftovers(run_dir: str | Path) -> list[Path]:
-    """Delete what a crashed save left behind (tmp-checkpoint-N, deleting-checkpoint-N); returns them."""
+    """Delete what a crashed save left behind (_tmp-checkpoint-N, _deleting-checkpoint-N); returns them."""
     if not Path(run_dir).is_dir():
         return []
-    leftovers = [p for p in Path(run_dir).iterdir()
-                 if p.is_dir() and p.name.startswith((STAGING_PREFIX, TRASH_PREFIX))]
+    prefixes = (STAGING_PREFIX, TRASH_PREFIX, *LEGACY_LEFTOVER_PREFIXES)
+    leftovers = sorted(p for p in Path(run_dir).iterdir() if p.is_dir() and p.name.startswith(prefixes))
     for path in leftovers:
         logger.info("removing %s, left by a save that did not finish", path)
         shutil.rmtree(path, ignore_errors=True)

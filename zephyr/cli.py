@@ -19,13 +19,12 @@ import importlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
+from zephyr.keyhelp import COMMAND_CONFIGS, command_help
+from zephyr.logs import configure_logging
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -39,16 +38,6 @@ def user_errors() -> tuple[type[Exception], ...]:
     from zephyr.recipe import RecipeError
 
     return RecipeError, DataError, RowError, FileNotFoundError, QuestionError, StoreError, EndpointError
-
-
-def accelerate_config_path(name: str) -> Path:
-    """A config file path, or the name of one in accelerate_configs/ (`zero3` -> accelerate_configs/zero3.yaml)."""
-    for candidate in (Path(name), Path("accelerate_configs") / name, Path("accelerate_configs") / f"{name}.yaml",
-                      REPO_CONFIGS / name, REPO_CONFIGS / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    shipped = sorted(p.stem for p in REPO_CONFIGS.glob("*.yaml"))
-    raise FileNotFoundError(f"accelerate config {name!r} not found (shipped: {shipped})")
 
 
 def split_accelerate_config(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -70,7 +59,7 @@ def split_accelerate_config(argv: list[str]) -> tuple[str | None, list[str]]:
 def relaunch_with_accelerate(command: str, argv: list[str]) -> int | None:
     """`zephyr sft --accelerate-config zero3 ...` is `accelerate launch --config_file
     accelerate_configs/zero3.yaml -m zephyr.cli sft ...`: the same launch, without typing it."""
-    from zephyr.launch import LaunchSettings, stage_command
+    from zephyr.launch import LaunchSettings, accelerate_config_path, stage_command
 
     config, rest = split_accelerate_config(argv)
     if config is None:
@@ -100,12 +89,6 @@ def run_launcher(cmd: list[str]) -> int:
             signal.signal(sig, handler)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_stage(stage_main: Callable[[list[str]], object], argv: list[str]) -> int:
     """Run a stage; a user error is one clear line on stderr and exit code 2, not a traceback."""
     from zephyr.inference.failures import IncompleteError
@@ -127,58 +110,13 @@ def dry_run(stage: str, argv: list[str]) -> int:
     from zephyr.plan import dry_run_stage
 
     config, argv = split_accelerate_config(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.WARNING)
     try:
         dry_run_stage(stage, argv, LaunchSettings(accelerate_config=config) if config else None)
     except (*user_errors(), ValueError, TypeError) as err:
         print(f"zephyr: error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-STAGE_CONFIGS = {  # command -> (module, attribute holding its config classes or class, the usage line)
-    "sft": ("zephyr.stages.sft", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
-    "dpo": ("zephyr.stages.dpo", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
-    "aif": ("zephyr.aif.config", "AIFConfig", "RECIPE.yaml [overrides] [--shard i/n] [--rebinarize] [--dry-run]"),
-    "eval": ("zephyr.evaluation.config", "EvalConfig", "RECIPE.yaml [overrides] [--dry-run]"),
-    "binarize": ("zephyr.aif.ratings", "RatingsConfig", "[RECIPE.yaml] --source DATASET --output_dir DIR [overrides]"),
-}
-
-
-def stage_help(command: str) -> str:
-    """`zephyr COMMAND --help`: every recipe key the command takes, with its type, default and help text."""
-    import dataclasses
-    import typing
-
-    module_name, attribute, usage_line = STAGE_CONFIGS[command]
-    module = importlib.import_module(module_name)
-    classes = getattr(module, attribute)
-    classes = classes if isinstance(classes, tuple) else (classes,)
-    lines = [f"usage: zephyr {command} {usage_line}", "", COMMANDS[command][1], "",
-             "Keys go in the recipe or as overrides (--key value, --key=value or key=value; nested: --a.b value, "
-             "lists: --a.0.b value)."]
-
-    def describe(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if not f.init:
-                continue
-            tp = hints.get(f.name, f.type)
-            inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
-            if dataclasses.is_dataclass(tp) or inner:
-                nested = tp if dataclasses.is_dataclass(tp) else inner[0]
-                many = typing.get_origin(tp) is list
-                describe(nested, f"{prefix}{f.name}.{'N.' if many else ''}")
-                continue
-            default = (f.default if f.default is not dataclasses.MISSING else
-                       "(required)" if f.default_factory is dataclasses.MISSING else f.default_factory())
-            text = " ".join(str(f.metadata.get("help", "")).split())
-            lines.append(f"  --{prefix}{f.name}  [default: {default}]  {text}".rstrip())
-
-    for cls in classes:
-        lines += ["", f"{cls.__name__}:"]
-        describe(cls, "")
-    return "\n".join(lines)
 
 
 def lazy_stage(module: str) -> Callable[[list[str]], int]:
@@ -256,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     from zephyr.launch import watch_parent
 
     watch_parent()  # started by `zephyr run`: do not outlive it
+    configure_logging(logging.INFO)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -272,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"zephyr: unknown command '{argv[0]}'{hint}\n\n{usage()}", file=sys.stderr)
         return 2
-    if argv[0] in STAGE_CONFIGS and any(a in ("-h", "--help") for a in argv[1:]):
-        print(stage_help(argv[0]))
+    if argv[0] in COMMAND_CONFIGS and any(a in ("-h", "--help") for a in argv[1:]):
+        print(command_help(argv[0], command[1]))
         return 0
     if argv[0] in ("sft", "dpo", "aif", "eval") and "--dry-run" in argv:
         return dry_run(argv[0], [a for a in argv[1:] if a != "--dry-run"])
@@ -285,8 +224,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if code is not None:
             return code
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
     return command[0](argv[1:])
 
 

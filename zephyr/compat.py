@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from zephyr.errors import RecipeError
+
 logger = logging.getLogger(__name__)
 
 # old key -> new key, same meaning
@@ -65,8 +67,6 @@ def translate_legacy_keys(values: dict[str, Any], stage: str, source: str) -> di
             try:
                 alpha = float(alpha)
             except (TypeError, ValueError):
-                from zephyr.recipe import RecipeError  # here: zephyr.recipe imports this module
-
                 raise RecipeError(f"{source}: key 'rpo_alpha': expected a number, got {alpha!r}") from None
             logger.warning("%s: 'rpo_alpha: %s' is now loss_type [sigmoid, sft] with loss_weights [1.0, %s]",
                            source, alpha, alpha)
@@ -82,6 +82,16 @@ def _mixer_to_mixture(out: dict[str, Any], source: str) -> dict[str, Any]:
     Its fraction applied to train splits only; test splits were taken whole."""
     mixer = out.pop("dataset_mixer") or {}
     splits = out.pop("dataset_splits", None) or ["train", "test"]
+    if not isinstance(mixer, dict):
+        raise RecipeError(f"{source}: key 'dataset_mixer': expected a mapping of dataset id: fraction, got {mixer!r}")
+    if isinstance(splits, str):
+        splits = [splits]
+    for name, fraction in mixer.items():
+        try:
+            float(fraction)
+        except (TypeError, ValueError):
+            raise RecipeError(f"{source}: key 'dataset_mixer.{name}': expected a fraction such as 0.5, "
+                              f"got {fraction!r}") from None
     configs = out.pop("dataset_configs", None)
     if isinstance(configs, str):
         configs = [configs]
@@ -92,6 +102,18 @@ def _mixer_to_mixture(out: dict[str, Any], source: str) -> dict[str, Any]:
             is_train = "train" in split
             datasets.append({"id": name, "config": config, "split": split, "role": "train" if is_train else "test",
                              "weight": float(fraction) if is_train else 1.0})
-    logger.warning("%s: 'dataset_mixer'/'dataset_splits' converted to dataset_mixture with %d sources", source,
-                   len(datasets))
+    logger.warning("%s: 'dataset_mixer'/'dataset_splits' converted to dataset_mixture with %d sources: %s", source,
+                   len(datasets), describe_sources(datasets))
     return {"datasets": datasets, "seed": out.get("seed", 0)}
+
+
+def describe_sources(entries: list[Any]) -> str:
+    """`id (split S, role R, weight W); ...` for mixture entries, as the log shows them."""
+    parts = []
+    for e in entries:
+        if isinstance(e, dict):
+            parts.append(f"{e.get('id')} (split {e.get('split', 'train')}, role {e.get('role', 'train')}, "
+                         f"weight {e.get('weight', 1.0)})")
+        else:
+            parts.append(repr(e))
+    return "; ".join(parts) or "no sources"

@@ -6,17 +6,15 @@ so that every TRL/transformers training key works in a recipe unchanged.
 
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from trl import DPOConfig, SFTConfig
 
-# TRL's configs set `gradient_checkpointing`, which transformers 5 reports as a deprecated alias on every
-# config it builds: noise to users, who cannot act on it.
-warnings.filterwarnings("ignore", message=r".*gradient_checkpointing` is deprecated.*")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,9 +26,10 @@ class ModelArguments:
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer to load instead of the model's own."}
     )
-    dtype: str = field(
+    dtype: str | None = field(
         default="auto",
-        metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16 (`torch_dtype` in older recipes)."},
+        metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16 (`torch_dtype` in older recipes; null "
+                  "means auto; fp32, bf16 and fp16 are read as float32, bfloat16 and float16)."},
     )
     attn_implementation: str | None = field(
         default=None, metadata={"help": "eager, sdpa or flash_attention_2; None lets transformers choose."}
@@ -146,6 +145,8 @@ class _ZephyrTrainingDefaults:
     )
 
     def __post_init__(self) -> None:
+        self._use_activation_checkpointing_names()
+        self._fit_dataset_num_proc()
         gpu = torch.cuda.is_available()
         if self.bf16 is None:
             # TRL turns bf16 on by default, which transformers refuses on a CPU-only machine.
@@ -158,11 +159,34 @@ class _ZephyrTrainingDefaults:
             self.use_cpu = True
             self.ddp_backend = self.ddp_backend or "gloo"
         super().__post_init__()
-        if self.hub_token:
-            # The Trainer pickles these arguments into every checkpoint (training_args.bin) and hands them to the
-            # dashboards; huggingface_hub reads HF_TOKEN from the environment just as well, so keep it there only.
-            os.environ["HF_TOKEN"] = self.hub_token
-            self.hub_token = None
+
+    def _use_activation_checkpointing_names(self) -> None:
+        """transformers 5 renamed gradient_checkpointing(_kwargs) to activation_checkpointing(_kwargs) and warns
+        (a FutureWarning from site-packages) whenever a config sets an old name; TRL's default and handbook recipes
+        (gradient_checkpointing_kwargs: {use_reentrant: false}) still do. Same meaning: move them to the new names
+        (a new name the recipe set wins); transformers then mirrors them back into the old ones."""
+        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+            if getattr(self, new) is None:
+                setattr(self, new, getattr(self, old))
+            setattr(self, old, None)
+
+    def _fit_dataset_num_proc(self) -> None:
+        """More dataset worker processes than cores only adds start-up time, and datasets repeats one warning per
+        worker; handbook recipes ask for 12."""
+        cores = available_cores()
+        if self.dataset_num_proc is not None and self.dataset_num_proc > cores:
+            logger.warning("dataset_num_proc: %d is more than the %d CPU core(s) this process may use: using %d",
+                           self.dataset_num_proc, cores, cores)
+            self.dataset_num_proc = cores
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which a scheduler or taskset may narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,23 @@ from zephyr.recipe import RecipeError
 
 TRAINING = ("sft", "dpo")
 WATCH_ENV = "ZEPHYR_WATCH_PARENT"  # set for every process a pipeline starts (and so for their ranks)
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
+
+
+def accelerate_config_path(name: str) -> Path:
+    """A config file path, or the name of one in accelerate_configs/ (`zero3` -> accelerate_configs/zero3.yaml)."""
+    for candidate in (Path(name), Path("accelerate_configs") / name, Path("accelerate_configs") / f"{name}.yaml",
+                      REPO_CONFIGS / name, REPO_CONFIGS / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(p.stem for p in REPO_CONFIGS.glob("*.yaml"))
+    raise FileNotFoundError(f"accelerate config {name!r} not found (shipped: {shipped})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @dataclass
@@ -66,7 +84,6 @@ class LaunchSettings:
         """The accelerate config file's own settings (empty when there is none)."""
         import yaml
 
-        from zephyr.cli import accelerate_config_path
 
         if not self.accelerate_config:
             return {}
@@ -87,7 +104,6 @@ def stage_command(name: str, args: list[str], launch: LaunchSettings | None) -> 
     stage = ["-m", "zephyr.cli", name, *args]
     if name not in TRAINING or launch is None or not launch.is_multiprocess():
         return [sys.executable, *stage]
-    from zephyr.cli import accelerate_config_path, free_port
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if launch.accelerate_config:
@@ -134,7 +150,6 @@ def stage_commands(name: str, args: list[str], launch: LaunchSettings | None, sl
         plain = [sys.executable, "-m", "zephyr.cli", "aif", *args]
         shards = slurm.on_every_node('exec "$@" --shard "$SLURM_PROCID/$SLURM_NNODES"', plain)
         return [shards, [*plain, "--rebinarize"]]
-    from zephyr.cli import accelerate_config_path
 
     config = accelerate_config_path((launch.accelerate_config if launch else None) or "multi_gpu")
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from zephyr.chat_template import ZEPHYR_CHAT_TEMPLATE
 from zephyr.configs import ModelArguments
-from zephyr.recipe import RecipeError
+from zephyr.errors import RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +76,10 @@ def quantization_config(args: ModelArguments, dtype: torch.dtype | None) -> Any:
     if not (args.load_in_4bit or args.load_in_8bit):
         return None
     if args.load_in_4bit and args.load_in_8bit:
-        raise ValueError("load_in_4bit and load_in_8bit are exclusive: set one")
+        raise RecipeError("keys 'load_in_4bit' and 'load_in_8bit': they are exclusive: set one")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ImportError("load_in_4bit/load_in_8bit need bitsandbytes: pip install -e '.[quantization]'")
+        raise RecipeError("keys 'load_in_4bit'/'load_in_8bit' need bitsandbytes, which is not installed: "
+                          "pip install -e '.[quantization]'")
     from transformers import BitsAndBytesConfig
 
     if args.load_in_8bit:
@@ -93,6 +94,8 @@ def quantization_config(args: ModelArguments, dtype: torch.dtype | None) -> Any:
 
 
 def resolve_dtype(name: str | None) -> torch.dtype | str:
+    """The torch dtype for a recipe's `dtype` (already checked and normalized by zephyr/rules.py when it came
+    from a recipe; a ModelArguments built in code is checked here)."""
     if name in (None, "auto"):
         return "auto"
     try:
@@ -100,7 +103,7 @@ def resolve_dtype(name: str | None) -> torch.dtype | str:
     except AttributeError:
         dtype = None
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"dtype: expected auto, float32, bfloat16 or float16, got {name!r}")
+        raise RecipeError(f"key 'dtype': expected auto, float32, bfloat16 or float16, got {name!r}")
     return dtype
 
 

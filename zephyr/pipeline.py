@@ -167,7 +167,7 @@ SECRET_TO_ENV = {"hub_token": "HF_TOKEN", "token": "HF_TOKEN"}  # what huggingfa
 def stage_argv(stage: dict[str, Any], force: bool, name: str) -> tuple[list[str], dict[str, str]]:
     """The stage's command-line arguments, and its environment additions. A secret never goes on a command line
     (every user of the machine can read those, and the stage log records them): a hub token travels as HF_TOKEN."""
-    from zephyr.stages.common import is_secret_key
+    from zephyr.secrets import is_secret_key
 
     overrides, env = dict(stage["overrides"]), {}
     for key in [k for k in overrides if is_secret_key(k.rsplit(".", 1)[-1])]:
@@ -324,6 +324,4 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--dry-run", action="store_true",
                         help="resolve and check every stage's recipe, print the plan, load and run nothing")
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
     return run_pipeline(args.pipeline, args.start, args.only, args.root, args.seed, args.launch, args.dry_run)

@@ -19,13 +19,13 @@ from typing import Any
 
 import yaml
 
-from zephyr.compat import translate_legacy_keys
+from zephyr.compat import describe_sources, translate_legacy_keys
+from zephyr.errors import RecipeError
+from zephyr.rules import check_recipe, check_together, check_value, is_one_split
+
+__all__ = ["RecipeError", "build_configs", "cast_value", "load_recipe", "parse_overrides", "read_yaml"]
 
 logger = logging.getLogger(__name__)
-
-
-class RecipeError(ValueError):
-    """A recipe or override that cannot be used; the message names the file/key and what was expected."""
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -263,16 +263,23 @@ def build_configs(values: dict[str, Any], classes: tuple[type, ...], source: str
     """Instantiate each dataclass in `classes` from the keys it declares. A key declared by several (e.g. `seed`,
     `trust_remote_code`) goes to all of them. `origins` names where a key came from when not `source`."""
     check_known_keys(values, classes, source)
+    origins = origins or {}
     configs = []
     for cls in classes:
         types_ = field_types(cls)
         kwargs = {}
         for key, value in values.items():
-            if key in types_:
-                try:
-                    kwargs[key] = cast_value(value, types_[key], key)
-                except RecipeError as err:
-                    raise RecipeError(f"{(origins or {}).get(key, source)}: {err}") from None
+            if key not in types_:
+                continue
+            where = origins.get(key, source)
+            try:  # the type first, then the range it must be in (zephyr/rules.py)
+                kwargs[key] = check_value(cls, key, cast_value(value, types_[key], key), where)
+            except RecipeError as err:
+                raise RecipeError(f"{where}: {err}") from None
+        clash = check_together(cls, kwargs)
+        if clash:
+            key, problem = clash
+            raise RecipeError(f"{origins.get(key, source)}: {problem}")
         required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING and f.name not in kwargs]
         if required:
@@ -288,16 +295,57 @@ def build_configs(values: dict[str, Any], classes: tuple[type, ...], source: str
 def load_recipe(
     path: str | Path | None, overrides: list[str] | dict[str, Any] | None, classes: tuple[type, ...], stage: str
 ) -> tuple[Any, ...]:
-    """Read a YAML recipe, apply overrides (which win), translate legacy keys, and build the config objects."""
+    """Read a YAML recipe, apply overrides (which win), translate legacy keys, build the config objects and check
+    their values (zephyr/rules.py)."""
     source = str(path) if path else "command line"
     values = translate_legacy_keys(read_yaml(path) if path else {}, stage=stage, source=source)
     extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
     extra = translate_legacy_keys(extra, stage=stage, source="command line")
     check_known_keys({k.split(".")[0] for k in extra}, classes, "command line")
+    values, extra = command_line_data_wins(values, extra)
     for key, value in extra.items():
         set_dotted(values, key, value)
     origins = dict.fromkeys((k.split(".")[0] for k in extra), "command line")
-    return build_configs(values, classes, source=source, origins=origins, stage=stage)
+    configs = build_configs(values, classes, source=source, origins=origins, stage=stage)
+    check_recipe(configs, source, stage, given=set(values))
+    return configs
+
+
+def command_line_data_wins(values: dict[str, Any], extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A data source on the command line replaces the recipe file's, whichever form each has: without this,
+    `--dataset_name DIR` on a handbook recipe (whose dataset_mixer became a dataset_mixture) is refused as
+    "dataset_name and dataset_mixture, not both", though the user wrote no mixture.
+
+    When the file's mixture reads one dataset (the handbook's: one id, several splits), the command line sets no
+    split and the new dataset has splits (a folder or hub id, not a single file), the mixture is kept and pointed
+    at the new dataset, so its splits, roles, weights and test_split_size still apply. Otherwise the mixture is
+    dropped for dataset_name and its split keys."""
+    given = {k.split(".")[0] for k in extra}
+    mixture = values.get("dataset_mixture")
+    name_given = "dataset_name" in given and str(extra.get("dataset_name")).strip().lower() not in _NONE_STRINGS
+    if name_given and "dataset_mixture" not in given and mixture:
+        values, extra = dict(values), dict(extra)
+        del values["dataset_mixture"]
+        entries = mixture.get("datasets") if isinstance(mixture, dict) else None
+        ids = {e.get("id") for e in entries or [] if isinstance(e, dict)}
+        name = extra["dataset_name"]
+        if (len(ids) == 1 and not given & {"dataset_train_split", "dataset_test_split", "dataset_config"}
+                and not is_one_split(Path(str(name)).expanduser())):  # a single file has no splits to keep
+            del extra["dataset_name"]
+            values.pop("dataset_name", None)
+            moved = [{**e, "id": name} if isinstance(e, dict) else e for e in entries]
+            values["dataset_mixture"] = {**mixture, "datasets": moved}
+            logger.warning("command line: dataset_name %s replaces %s in the recipe's dataset_mixture, whose splits, "
+                           "roles, weights and test_split_size stay: %s (set dataset_train_split/dataset_test_split "
+                           "too to read dataset_name alone)", name, ids.pop(), describe_sources(moved))
+        else:
+            logger.warning("command line: dataset_name %s replaces the recipe's dataset_mixture (%s)", name,
+                           describe_sources(entries or []))
+    elif "dataset_mixture" in extra and values.get("dataset_name") and "dataset_name" not in given:
+        values = dict(values)
+        logger.warning("command line: dataset_mixture replaces the recipe's dataset_name %s",
+                       values.pop("dataset_name"))
+    return values, extra
 
 
 def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:

@@ -224,19 +224,30 @@ def make_study(cfg: SweepConfig):
 
 
 def requeue_interrupted(study) -> int:
-    """Trials that a killed sweep on this machine left RUNNING: mark them interrupted and queue their parameters
-    again, in the same folder (a training stage then resumes from its last checkpoint). Trials that workers on
-    other machines are running (a shared PostgreSQL study) are left alone: rerunning there requeues theirs."""
+    """Trials that a killed sweep on this machine left RUNNING: queue their parameters again, in the same folder
+    (a training stage then resumes from its last checkpoint), and mark them failed. The queued copy names the
+    interrupted trial in its `rerun_of` attribute, which is how it is told apart from a trial that failed on its
+    own. Trials that workers on other machines are running (a shared PostgreSQL study) are left alone: rerunning
+    there requeues theirs."""
     import optuna
 
     host = socket.gethostname()
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING
+    trials = study.get_trials(deepcopy=False)
+    requeued = rerun_trials(trials)  # by a sweep killed after queueing the copy, before marking the original
+    stale = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING
              and ("worker" not in t.user_attrs or worker_is_dead(t.user_attrs["worker"], host))]
     for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted; rerun with the same parameters")
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"folder": t.user_attrs.get("folder"), "rerun_of": t.number})
+        if t.number not in requeued:
+            study.enqueue_trial(t.params, user_attrs={"folder": t.user_attrs.get("folder"), "rerun_of": t.number,
+                                                      "queued_params": t.params})
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
     return len(stale)
+
+
+def rerun_trials(trials) -> set[int]:
+    """Numbers of the trials a killed sweep interrupted and queued again (older sweeps wrote an error instead)."""
+    return ({t.user_attrs["rerun_of"] for t in trials if "rerun_of" in t.user_attrs}
+            | {t.number for t in trials if "interrupted" in t.user_attrs.get("error", "")})
 
 
 def worker_is_dead(worker: str, host: str) -> bool:
@@ -253,12 +264,12 @@ def worker_is_dead(worker: str, host: str) -> bool:
     return False
 
 
-def is_finished(t) -> bool:
-    """Completed, or failed on its own (not merely interrupted by a killed sweep)."""
+def is_finished(t, rerun: set[int]) -> bool:
+    """Completed, or failed on its own (not merely interrupted by a killed sweep and queued again: `rerun`)."""
     import optuna
 
     return t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) or (
-        t.state == optuna.trial.TrialState.FAIL and "interrupted" not in t.user_attrs.get("error", ""))
+        t.state == optuna.trial.TrialState.FAIL and t.number not in rerun)
 
 
 def enqueue_grid(cfg: SweepConfig, study) -> None:
@@ -266,12 +277,20 @@ def enqueue_grid(cfg: SweepConfig, study) -> None:
     import optuna
 
     names = list(cfg.space)
-    taken = {tuple(t.params.get(n) for n in names) for t in study.trials if is_finished(t)}
-    taken |= {tuple(t.system_attrs.get("fixed_params", {}).get(n) for n in names)
+    rerun = rerun_trials(study.trials)
+    taken = {tuple(t.params.get(n) for n in names) for t in study.trials if is_finished(t, rerun)}
+    taken |= {tuple(queued_params(t).get(n) for n in names)
               for t in study.trials if t.state == optuna.trial.TrialState.WAITING}
     for point in itertools.product(*(cfg.space[n]["choices"] for n in names)):
         if point not in taken:
-            study.enqueue_trial(dict(zip(names, point, strict=True)))
+            params = dict(zip(names, point, strict=True))
+            study.enqueue_trial(params, user_attrs={"queued_params": params})
+
+
+def queued_params(t) -> dict[str, Any]:
+    """The parameters a WAITING trial was queued with (Optuna's own record of them is an internal system
+    attribute, read only for trials queued by older zephyr versions)."""
+    return t.user_attrs.get("queued_params") or t.system_attrs.get("fixed_params", {})
 
 
 def total_trials(cfg: SweepConfig) -> int:
@@ -295,7 +314,8 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     if cfg.strategy == "grid":
         enqueue_grid(cfg, study)
     waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
-    finished = sum(is_finished(t) for t in study.trials)
+    rerun = rerun_trials(study.trials)
+    finished = sum(is_finished(t, rerun) for t in study.trials)
     budget = [waiting if cfg.strategy == "grid" else max(total_trials(cfg) - finished, waiting)]
     group_env = dashboard_group(cfg)
 
@@ -396,7 +416,8 @@ def summarize(cfg: SweepConfig, study) -> list[dict[str, Any]]:
     import optuna
 
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
-    interrupted = [t.number for t in study.trials if t.state in done and not is_finished(t)]  # and run again
+    rerun = rerun_trials(study.trials)
+    interrupted = [t.number for t in study.trials if t.state in done and not is_finished(t, rerun)]  # and run again
     rows = [{"trial": t.number, "params": t.params, "value": t.value, "state": t.state.name,
              "error": t.user_attrs.get("error"), "pruned_at": t.user_attrs.get("pruned_at"),
              "folder": t.user_attrs.get("folder")}

@@ -54,7 +54,7 @@ def set_default(name: str, value: str) -> None:
 
 def redact_argv() -> None:
     """wandb and MLflow record the command line; a `hub_token=...` override must not ride along."""
-    from zephyr.stages.common import is_secret_key
+    from zephyr.secrets import is_secret_key
 
     argv, hide_next = sys.argv, False
     for i, arg in enumerate(argv):

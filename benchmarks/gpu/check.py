@@ -457,7 +457,7 @@ def run_variant(variant: str, model: Path, data: Path, smoke: bool) -> dict:
         from zephyr.configs import ZephyrDPOConfig
 
         calls = timed(dpo.ZephyrDPOTrainer, "compute_ref_log_probs", cuda)
-        hashes = timed(sys.modules["zephyr.hooks"], "fast_module_hash", cuda)
+        hashes = timed(sys.modules["zephyr.hooks.reference"], "fast_module_hash", cuda)
         trainer, _, _ = dpo.build_trainer(model_args, data_args, ZephyrDPOConfig(**common))
         # where the reference pass goes: its first batch (kernel compilation), the other batches, the hash
         breakdown = {"first_ref_batch_seconds": calls[0], "other_ref_batches_seconds": sum(calls[1:]),

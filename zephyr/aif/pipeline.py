@@ -23,6 +23,7 @@ from typing import Any
 import datasets
 from tqdm.auto import tqdm
 
+from zephyr.aif import keys
 from zephyr.aif.binarize import Candidate, binarize
 from zephyr.aif.config import AIFConfig, BinarizationConfig, PromptSource
 from zephyr.aif.judges import JudgeTask, make_judge
@@ -97,18 +98,13 @@ def load_prompts(src: PromptSource) -> tuple[list[Prompt], Counter]:
 
 # ------------------------------------------------------------------------------------------------ keys
 def completion_key(prompt_id: str, gen: GeneratorConfig, sample: int) -> str:
-    return f"{prompt_id}|{gen.name}|{sample}|{gen.settings_hash()}"
+    return keys.completion_key(prompt_id, gen.name, sample, gen.settings_hash())
 
 
-def sample_id(key: str) -> str:
-    """prompt id | generator | sample index: what a sample *is*, without where its model lives."""
-    return key.rsplit("|", 1)[0]
-
-
-def content_seed(base: int, keys: list[str]) -> int:
+def content_seed(base: int, completion_keys: list[str]) -> int:
     """A batch's sampling seed, from what it contains (not from model paths: the same recipe under another
     output root samples the same answers)."""
-    ids = "\n".join(sample_id(k) for k in keys)
+    ids = "\n".join(keys.sample_seed_text(k) for k in completion_keys)
     return base + int(hashlib.sha256(ids.encode()).hexdigest()[:8], 16)
 
 
@@ -123,8 +119,8 @@ class AIFRun:
         self.out = Path(cfg.output_dir)
         self.shard = parse_shard(cfg.shard)
         suffix = f".shard-{self.shard[0]}-of-{self.shard[1]}" if self.shard[1] > 1 else ""
-        self.completions = RecordStore(self.out / f"completions{suffix}.jsonl")
-        self.judgments = RecordStore(self.out / f"judgments{suffix}.jsonl")
+        self.completions = RecordStore(self.out / f"completions{suffix}.jsonl", upgrade=keys.upgrade_completion)
+        self.judgments = RecordStore(self.out / f"judgments{suffix}.jsonl", upgrade=keys.upgrade_judgment)
         self.failures_path = self.out / f"failures{suffix}.jsonl"
         self.summary = Summary()
 
@@ -171,29 +167,29 @@ class AIFRun:
                            same, len(complete), gen.temperature, gen.base_url or gen.backend)
 
     def _generate_batch(self, gen: GeneratorConfig, backend, batch: list[tuple[Prompt, int]]) -> None:
-        keys = [completion_key(p.id, gen, s) for p, s in batch]
+        batch_keys = [completion_key(p.id, gen, s) for p, s in batch]
         requests, principles = [], []
-        for (p, _), key in zip(batch, keys, strict=True):
-            rng = random.Random(f"{gen.seed}:{sample_id(key)}")
+        for (p, _), key in zip(batch, batch_keys, strict=True):
+            rng = random.Random(f"{gen.seed}:{keys.sample_seed_text(key)}")
             principle = rng.choice(gen.principles) if gen.principles else None
             messages = ([{"role": "system", "content": principle}] if principle else []) + [
                 {"role": "user", "content": p.text}]
             requests.append(ChatRequest(messages, gen.temperature, gen.top_p, gen.max_new_tokens))
             principles.append(principle)
-        seed = content_seed(gen.seed, keys)
+        seed = content_seed(gen.seed, batch_keys)
         if gen.backend == "openai":
             # Endpoint requests are independent (and cost money): ask only for the answers not stored yet, each
             # with the seed it has in the whole batch, rather than the whole batch again.
-            todo = [i for i, key in enumerate(keys) if key not in self.completions]
+            todo = [i for i, key in enumerate(batch_keys) if key not in self.completions]
             for i in todo:
                 requests[i].seed = seed + i
-            results: list = [None] * len(keys)
+            results: list = [None] * len(batch_keys)
             for i, result in zip(todo, backend.complete([requests[i] for i in todo], seed=seed), strict=True):
                 results[i] = result
         else:
             results = backend.complete(requests, seed=seed)
         records = []
-        for (p, s), key, principle, result in zip(batch, keys, principles, results, strict=True):
+        for (p, s), key, principle, result in zip(batch, batch_keys, principles, results, strict=True):
             if key in self.completions:
                 continue
             if result.failure or result.text is None:  # an empty text from a local model is its answer
@@ -207,10 +203,10 @@ class AIFRun:
         """(missing, expected): completions not stored, and prompts with two answers or more not judged."""
         expected = missing = 0
         for p in prompts:
-            keys = self.expected_keys(p)
-            have = [k for k in keys if k in self.completions]
-            expected += len(keys) + (1 if len(have) >= 2 else 0)
-            missing += len(keys) - len(have)
+            wanted = self.expected_keys(p)
+            have = [k for k in wanted if k in self.completions]
+            expected += len(wanted) + (1 if len(have) >= 2 else 0)
+            missing += len(wanted) - len(have)
             if len(have) >= 2 and self.judgment_key(p, have) not in self.judgments:
                 missing += 1
         return missing, expected
@@ -219,31 +215,30 @@ class AIFRun:
         return [completion_key(prompt.id, g, s) for g in self.cfg.generators for s in range(g.num_completions)]
 
     def judgment_key(self, prompt: Prompt, completion_keys: list[str]) -> str:
-        digest = hashlib.sha256("\n".join(completion_keys).encode()).hexdigest()[:12]
-        return f"{prompt.id}|{self.cfg.judge.settings_hash()}|{digest}"
+        return keys.judgment_key(prompt.id, self.cfg.judge.settings_hash(), completion_keys)
 
     def judge(self, prompts: list[Prompt]) -> None:
         ready = []
         for p in prompts:
-            keys = [k for k in self.expected_keys(p) if k in self.completions]
-            if len(keys) >= 2 and self.judgment_key(p, keys) not in self.judgments:
-                ready.append((p, keys))
+            have = [k for k in self.expected_keys(p) if k in self.completions]
+            if len(have) >= 2 and self.judgment_key(p, have) not in self.judgments:
+                ready.append((p, have))
         if not ready:
             logger.info("judge: nothing to do")
             return
         logger.info("judge (%s): %d prompts to judge", self.cfg.judge.type, len(ready))
         judge = make_judge(self.cfg.judge)
         for batch in tqdm(chunks(ready, max(self.cfg.judge.batch_size, 1)), desc="Judging", unit="batch"):
-            tasks = [JudgeTask(p.id, p.text, [self.completions.get(k)["response"] for k in keys]) for p, keys in batch]
+            tasks = [JudgeTask(p.id, p.text, [self.completions.get(k)["response"] for k in have]) for p, have in batch]
             results = judge.judge(tasks)
             records = []
-            for (p, keys), judgments in zip(batch, results, strict=True):
+            for (p, have), judgments in zip(batch, results, strict=True):
                 reasons = {j["failure"] for j in judgments if "failure" in j}
                 if reasons:
                     self.log_failure("judge", p.id, sorted(reasons)[0])
                     continue
-                records.append({"key": self.judgment_key(p, keys), "prompt_id": p.id,
-                                "completions": dict(zip(keys, judgments, strict=True))})
+                records.append({"key": self.judgment_key(p, have), "prompt_id": p.id,
+                                "completions": dict(zip(have, judgments, strict=True))})
             self.summary.judged_new += self.judgments.append(records)
         del judge
         gc.collect()
@@ -253,12 +248,12 @@ class AIFRun:
 def collect(cfg: AIFConfig, prompts: list[Prompt], out: Path) -> list[tuple[Prompt, list[dict[str, Any]]]]:
     """Every prompt with its completions and (if judged with the current judge) their judgments, from all
     shards' stores."""
-    completions = read_stores(out.glob("completions*.jsonl"))
-    judgments = read_stores(out.glob("judgments*.jsonl"))
+    completions = read_stores(out.glob("completions*.jsonl"), upgrade=keys.upgrade_completion)
+    judgments = read_stores(out.glob("judgments*.jsonl"), upgrade=keys.upgrade_judgment)
     judge_hash = cfg.judge.settings_hash()
     by_prompt: dict[str, dict[str, Any]] = {}
     for record in judgments.values():
-        if record["key"].split("|")[1] == judge_hash:
+        if keys.judge_of(record["key"]) == judge_hash:
             by_prompt.setdefault(record["prompt_id"], {}).update(record["completions"])
     collected = []
     for p in prompts:

@@ -117,7 +117,5 @@ def binarize_ratings(cfg: RatingsConfig) -> dict[str, Any]:
 def main(argv: list[str]) -> dict[str, Any]:
     from zephyr.stages.common import parse_stage_args
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO, force=True)
     (cfg,) = parse_stage_args(argv, (RatingsConfig,), "binarize")
     return binarize_ratings(cfg)

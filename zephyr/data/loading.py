@@ -14,6 +14,7 @@ from datasets import Dataset, concatenate_datasets
 
 from zephyr.configs import DataArguments, DatasetSource
 from zephyr.recipe import RecipeError, build_configs, cast_value
+from zephyr.rules import is_one_split
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +147,6 @@ def _csv_as_text(path: Path) -> dict:
     return {"features": datasets.Features({c: datasets.Value("string") for c in header}), "keep_default_na": False}
 
 
-def _single_split(path: Path) -> bool:
-    """A data file or a `save_to_disk` folder of one Dataset: it has no other split to evaluate on."""
-    return path.is_file() or ((path / "dataset_info.json").is_file() and not (path / "dataset_dict.json").exists())
-
-
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "~"))
@@ -202,17 +198,50 @@ def mixture_sources(args: DataArguments) -> tuple[list[DatasetSource], int, floa
         test_size = mixture.pop("test_split_size", None)
         if test_size is not None:
             test_size = _cast(test_size, float, "dataset_mixture.test_split_size")
+            if test_size and not (0 < test_size < 1 or (test_size >= 1 and test_size.is_integer())):  # 0: none
+                raise DataError("dataset_mixture.test_split_size: expected a fraction in (0, 1) or a whole number "
+                                f"of rows >= 1, got {test_size:g}")
         if mixture:
             raise DataError(f"dataset_mixture: unknown keys {sorted(mixture)} (expected datasets, seed, test_split_size)")
         if not entries or not isinstance(entries, list):
             raise DataError("dataset_mixture: 'datasets' must list at least one source")
         sources = [_mixture_entry(entry, f"dataset_mixture.datasets[{i}]") for i, entry in enumerate(entries)]
+        check_distinct_rows(sources, [f"dataset_mixture.datasets[{i}]" for i in range(len(sources))])
         return sources, seed, test_size
     if not args.dataset_name:
         raise DataError("no data: set dataset_name or dataset_mixture")
     sources = [DatasetSource(id=args.dataset_name, config=args.dataset_config, split=args.dataset_train_split)]
-    if args.dataset_test_split and not _single_split(Path(args.dataset_name).expanduser()):
+    if args.dataset_test_split and is_one_split(Path(args.dataset_name).expanduser()):
+        logger.info("%s is a single file (one split, the training data): no eval set from dataset_test_split %r",
+                    args.dataset_name, args.dataset_test_split)
+    elif args.dataset_test_split:
         sources.append(
             DatasetSource(id=args.dataset_name, config=args.dataset_config, split=args.dataset_test_split, role="test")
         )
+        check_distinct_rows(sources, ["dataset_train_split", "dataset_test_split"])
     return sources, 0, None
+
+
+def check_distinct_rows(sources: list[DatasetSource], names: list[str]) -> None:
+    """Two sources that name different splits must read different rows, and eval rows must not be training rows.
+    A single file has one split whatever a recipe calls it, so the handbook's dataset_splits [train_prefs,
+    test_prefs] pointed at one file would evaluate on the training rows: refused, with the ways out."""
+    seen: dict[tuple, int] = {}  # what a source reads -> the first source reading it
+    for i, source in enumerate(sources):
+        path = Path(source.id).expanduser()
+        one_split = is_one_split(path)
+        reads = (str(path.resolve()),) if one_split else (source.id, source.config, source.split)
+        j = seen.setdefault(reads, i)
+        other = sources[j]
+        if j == i or (other.split == source.split and other.role == source.role):
+            continue  # the same rows twice in one role is a weighting choice, not a mistake
+        if one_split and other.split != source.split:
+            raise DataError(
+                f"{names[i]}: {source.id} is a single file, which has one split: split '{source.split}' would read "
+                f"the same rows as split '{other.split}' ({names[j]}). Use a folder in hub layout "
+                f"(data/{other.split}-*.parquet, data/{source.split}-*.parquet), one file per split, or "
+                "dataset_mixture.test_split_size to hold out part of the training rows")
+        raise DataError(
+            f"{names[i]}: split '{source.split}' of {source.id} is also read for {other.role} ({names[j]}): the eval "
+            "rows would be training rows. Use another split, or dataset_mixture.test_split_size to hold out part of "
+            "the training rows")

@@ -8,6 +8,7 @@ dropped with a count and examples in the log.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -107,10 +108,21 @@ def load_split_sets(args: DataArguments, kind: Kind, report: DataReport) -> tupl
     train = concatenate_datasets(parts["train"]).shuffle(seed=seed)
     test = concatenate_datasets(parts["test"]) if parts["test"] else None
     if test_size:
+        check_test_split_size(test_size, len(train))
         split = train.train_test_split(test_size=test_size if test_size < 1 else int(test_size), seed=seed)
         train, carved = split["train"], split["test"]
         test = concatenate_datasets([test, carved]) if test is not None else carved
     return train, test
+
+
+def check_test_split_size(test_size: float, rows: int) -> None:
+    """Both sides of the hold-out must keep a row (datasets takes ceil(fraction x rows) for eval)."""
+    held_out = math.ceil(test_size * rows) if test_size < 1 else int(test_size)
+    if held_out >= rows:
+        plural = "row" if rows == 1 else "rows"
+        raise DataError(f"dataset_mixture.test_split_size: {test_size:g} holds out {held_out} of the {rows} training "
+                        f"{plural}, leaving none to train on: expected a fraction or a count that leaves at least one "
+                        "row on each side (add data, lower test_split_size, or remove it and give a test source)")
 
 
 def user_texts(row: dict) -> list[str]:

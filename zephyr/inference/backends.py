@@ -86,13 +86,16 @@ class TransformersBackend:
 
 
 class VLLMBackend:
-    """vLLM on GPU machines (`pip install -e '.[vllm]'`)."""
+    """vLLM in this process, on GPU machines where vLLM is installed beside zephyr. vLLM pins its own torch and
+    transformers (0.33 needs transformers<5.21, below zephyr's range), so zephyr has no `vllm` extra: most users run
+    `vllm serve` in its own environment and use `backend: openai` against it."""
 
     def __init__(self, settings: EndpointSettings) -> None:
         try:
             from vllm import LLM
         except ImportError as err:
-            raise ImportError("backend vllm needs vLLM: pip install -e '.[vllm]' (GPU machines)") from err
+            raise ImportError("backend vllm needs vLLM importable here; its pins usually conflict with zephyr's, so run "
+                              "`vllm serve MODEL` in its own environment and use backend: openai with its base_url") from err
         self.llm = LLM(model=settings.model, dtype=settings.dtype, trust_remote_code=settings.trust_remote_code,
                        tensor_parallel_size=settings.tensor_parallel_size)
 

@@ -9,7 +9,6 @@ or judging: change `binarization.*` and rerun in seconds.
 from __future__ import annotations
 
 import logging
-import sys
 
 from zephyr.aif.config import AIFConfig
 from zephyr.aif.pipeline import Summary, run_aif
@@ -22,6 +21,4 @@ def main(argv: list[str]) -> Summary:
     rebinarize = "--rebinarize" in argv
     argv = [a for a in argv if a != "--rebinarize"]
     (cfg,) = parse_stage_args(argv, (AIFConfig,), "aif")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stdout, level=logging.INFO, force=True)
     return run_aif(cfg, rebinarize=rebinarize)

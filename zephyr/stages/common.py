@@ -13,41 +13,49 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import datasets
-import transformers
 import yaml
 from transformers import set_seed
 
 from zephyr.checkpointing import checkpoints, last_complete_checkpoint, remove_leftovers
+from zephyr.errors import RecipeError
+from zephyr.logs import configure_logging
+from zephyr.preflight import check_machine
 from zephyr.recipe import load_recipe
+from zephyr.rules import no_eval_set_message, strategy_name
+from zephyr.secrets import is_secret_key
 from zephyr.stages.reliability import TrainingStopped
 from zephyr.tracking import prepare_tracking, tracking_callbacks
 
 logger = logging.getLogger("zephyr")
 
-def is_secret_key(name: str) -> bool:
-    """Fields that may hold credentials (hub_token, *_api_key, ...); eos_token and pad_token are not."""
-    name = name.lower()
-    return name in ("token", "hub_token") or name.endswith(("_api_key", "api_key", "password", "secret"))
-
-
 def parse_stage_args(argv: list[str], classes: tuple[type, ...], stage: str) -> tuple[Any, ...]:
     """argv = [RECIPE.yaml] [overrides...]; the recipe may be omitted if every key comes as an override."""
+    if not argv:  # `zephyr aif` alone: say how to call it, not which of its many keys are missing
+        raise RecipeError(f"no recipe given. usage: zephyr {stage} RECIPE.yaml [--key value ...]; see "
+                          f"`zephyr {stage} --help` for every key")
     recipe = argv[0] if argv and not argv[0].startswith("-") and "=" not in argv[0] else None
     overrides = argv[1:] if recipe else argv
-    return load_recipe(recipe, overrides, classes, stage)
+    configs = load_recipe(recipe, overrides, classes, stage)
+    for config in configs:
+        move_hub_token_to_environment(config)
+    return configs
+
+
+def move_hub_token_to_environment(config: Any) -> None:
+    """A `hub_token` from the recipe leaves the config for this process's HF_TOKEN (inherited by its children).
+    The Trainer pickles its arguments into every checkpoint (training_args.bin) and hands them to the dashboards;
+    huggingface_hub reads HF_TOKEN just as well. Done when a stage starts, not when a config is built: building a
+    config must not change the process."""
+    if getattr(config, "hub_token", None):
+        os.environ["HF_TOKEN"] = config.hub_token
+        config.hub_token = None
 
 
 def setup_logging(training_args: Any) -> None:
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout, force=True
-    )
+    """zephyr at INFO (or quieter if the recipe's log_level asks); transformers and datasets at the recipe's
+    per-process level (warnings by default, and on every rank but the main one)."""
     level = training_args.get_process_log_level()
-    logging.getLogger("zephyr").setLevel(max(level, logging.INFO) if level != logging.WARNING else logging.INFO)
-    datasets.utils.logging.set_verbosity(level)
-    transformers.utils.logging.set_verbosity(level)
-    transformers.utils.logging.enable_default_handler()
-    transformers.utils.logging.enable_explicit_format()
+    configure_logging(max(level, logging.INFO) if level != logging.WARNING else logging.INFO, library_level=level)
 
 
 def resume_checkpoint(training_args: Any) -> str | None:
@@ -114,11 +122,26 @@ def save_run_files(output_dir: str, stage: str, configs: tuple[Any, ...], metric
     (out / "README.md").write_text("\n".join(lines))
 
 
+def build_eval_checked(build_trainer: Callable[..., tuple[Any, Any, Any]], model_args: Any, data_args: Any,
+                       training_args: Any) -> tuple[Any, Any, Any]:
+    """build_trainer, with the Trainer's refusal of eval_strategy without eval data as a user error. The recipe
+    check (zephyr/rules.py) catches the cases known before loading (a single file, no test source); a dataset
+    whose optional default 'test' split turns out to be missing is only known here."""
+    try:
+        return build_trainer(model_args, data_args, training_args)
+    except ValueError as err:
+        if strategy_name(training_args.eval_strategy) != "no" and "eval_dataset" in str(err):
+            reason = f"{data_args.dataset_name or 'the data'} has no split '{data_args.dataset_test_split}'"
+            raise RecipeError(no_eval_set_message(training_args.eval_strategy, reason)) from None
+        raise
+
+
 def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ...],
                 build_trainer: Callable[..., tuple[Any, Any, Any]]) -> dict[str, Any]:
     """The skeleton every training stage shares: recipe -> logging -> seed -> data + model + trainer -> train
     (resuming when a checkpoint exists) -> evaluate -> save model, tokenizer, metrics, recipe, model card."""
     model_args, data_args, training_args = parse_stage_args(argv, classes, stage)
+    check_machine(model_args, training_args)  # before anything is loaded or written
     setup_logging(training_args)
     if training_args.world_size > 1:  # every rank says who it is: the stage log then shows all of them
         sys.stderr.write(f"zephyr: {stage} rank {training_args.process_index} of {training_args.world_size} on "
@@ -127,7 +150,7 @@ def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ..
     set_seed(training_args.seed)
     prepare_tracking(training_args, stage, public_values(model_args, data_args, training_args))
 
-    trainer, tokenizer, report = build_trainer(model_args, data_args, training_args)
+    trainer, tokenizer, report = build_eval_checked(build_trainer, model_args, data_args, training_args)
     for callback in tracking_callbacks(training_args):
         trainer.add_callback(callback)
     checkpoint = resume_checkpoint(training_args)

@@ -3,66 +3,99 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
-from datasets.fingerprint import Hasher
+import torch
+import transformers
+import trl
+from datasets import Dataset
 from filelock import FileLock
 from trl import DPOTrainer
 
 from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig
 from zephyr.data import prepare_datasets
 from zephyr.data.cache import content_digest
-from zephyr.hooks import trl_reference_hash
+from zephyr.hooks import ReferencePassHooks, model_identity, reference_pass_settings
 from zephyr.modeling import load_model, load_tokenizer, lora_config
 from zephyr.packing import PackedForward
 from zephyr.stages.common import train_stage
 from zephyr.stages.reliability import ReliableTrainerMixin, SeededLengthGroupedSampler, data_seed
 
 CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrDPOConfig)
+TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # a tokenized preference row
 
 
-class ZephyrDPOTrainer(ReliableTrainerMixin, DPOTrainer):
+class ZephyrDPOTrainer(ReliableTrainerMixin, ReferencePassHooks, DPOTrainer):
     """TRL's DPOTrainer whose on-disk cache of precomputed reference log-probs survives unrelated changes, with
     clean stops, a non-finite guard, atomic checkpoints and exact resume (zephyr/stages/reliability.py).
 
     TRL keys that cache by the tokenized dataset's fingerprint, which hashes the whole DPOConfig (a filter
     closure captures it): changing output_dir or the learning rate misses the cache and recomputes the whole
-    reference pass. The log-probs depend only on the token ids, the reference weights and the batching, so the
-    key here is made of those; a sweep over beta or learning rate computes the reference pass once.
-    `reference_logps.json` in output_dir says, per split, whether the pass ran or came from the cache, and how
-    long computing it took: the sweep summary adds these up into the compute the cache saved.
+    reference pass. Here the key is made of what shapes the pass (`reference_cache_key`): the token ids, the
+    reference weights, the batching and every setting not known to leave it unchanged; a sweep over beta or
+    learning rate computes the reference pass once. `reference_logps.json` in output_dir says, per split, whether
+    the pass ran or came from the cache, and how long computing it took: the sweep summary adds these up into the
+    compute the cache saved.
     """
 
     REFERENCE_STATS = "reference_logps.json"
+    reference_batches_computed = 0  # batches of the reference pass run by this process (not read from the cache)
 
-    def __init__(self, *args, **kwargs) -> None:
-        with trl_reference_hash():  # TRL's SHA-256 of every weight costs seconds per billion parameters
-            super().__init__(*args, **kwargs)
+    @property
+    def pad_id(self) -> int:
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)  # a processor holds one
+        return tokenizer.pad_token_id or 0
 
     def compute_ref_log_probs(self, model, inputs):
+        self.reference_batches_computed += 1
         # The reference pass of precompute_ref_log_probs, packed like the policy's forward: its padded batches are
         # mostly padding at UltraFeedback lengths (measured on an H200: most of the dDPO start-up).
         if self.args.packed_forward and "attention_mask" in inputs:
-            model = PackedForward(model, self._tokenizer.pad_token_id or 0)
+            model = PackedForward(model, self.pad_id)
         return super().compute_ref_log_probs(model, inputs)
 
-    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
-        if not getattr(dataset, "cache_files", None):  # in-memory data: TRL computes without a cache file
-            return super()._precompute_ref_logps(dataset, name, batch_size)
-        dataset._fingerprint = content_digest(dataset, ["prompt_ids", "chosen_ids", "rejected_ids"], batch_size,
-                                              self.args.max_length, self.args.truncation_mode)
-        # the file TRL reads or writes (same key as TRL's), and next to it what computing it once cost
-        cache_file = dataset._get_cache_file_path(Hasher.hash((dataset._fingerprint, self._precompute_model_hash)))
-        cost_file = Path(cache_file + ".cost.json")
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.packed_forward and "attention_mask" in inputs:
+            model = PackedForward(model, self.pad_id)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def reference_cache_key(self, dataset: Dataset, batch_size: int) -> str:
+        """What the reference log-probs of `dataset` depend on, hashed: its token ids, the reference weights and
+        model config, the batching, the processes and device, the library versions, and every config field but
+        the few known not to matter (zephyr/hooks/reference.py), so that a field a new TRL adds is keyed too."""
+        reference = self.accelerator.unwrap_model(self.ref_model or self.model)
+        parts = {
+            "rows": content_digest(dataset, list(TOKEN_COLUMNS)),
+            "batch_size": batch_size,
+            "weights": self.reference_weights_hash,  # includes every weight's dtype
+            "model_config": model_identity(reference.config),
+            "settings": reference_pass_settings(self.args),
+            "pad_token_id": self.pad_id,
+            "processes": self.accelerator.num_processes,  # which rows share a padded batch
+            "device": self.accelerator.device.type,
+            "versions": [trl.__version__, transformers.__version__, torch.__version__],
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:32]
+
+    def precompute_reference(self, dataset, name, batch_size, trl_precompute):
+        if not getattr(dataset, "cache_files", None) or not len(dataset):  # in memory: TRL keeps no cache file
+            return trl_precompute(dataset, name, batch_size)
+        key = self.reference_cache_key(dataset, batch_size)
+        # TRL names its cache file after the dataset's fingerprint (and the weights hash): give it the key
+        dataset = dataset.select(range(len(dataset)), new_fingerprint=key)
+        # next to TRL's file: a lock, and what computing it once cost
+        marker = Path(dataset.cache_files[0]["filename"]).parent / f"zephyr-reference-{key}"
+        cost_file = marker.with_name(f"{marker.name}.cost.json")
         # Trials of a parallel sweep start together: the first computes, the others wait and then read its file.
-        lock = FileLock(cache_file + ".lock") if self.accelerator.is_main_process else contextlib.nullcontext()
+        lock = FileLock(f"{marker}.lock") if self.accelerator.is_main_process else contextlib.nullcontext()
         with lock:
-            cached, start = os.path.exists(cache_file), time.perf_counter()
-            dataset = super()._precompute_ref_logps(dataset, name, batch_size)
+            batches, start = self.reference_batches_computed, time.perf_counter()
+            dataset = trl_precompute(dataset, name, batch_size)
             seconds = time.perf_counter() - start
+            cached = self.reference_batches_computed == batches
         if self.accelerator.is_main_process:
             if not cached:
                 cost_file.write_text(json.dumps({"seconds": seconds, "rows": len(dataset)}))
@@ -77,12 +110,7 @@ class ZephyrDPOTrainer(ReliableTrainerMixin, DPOTrainer):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({**stats, split: entry}, indent=2))
 
-    def _compute_loss(self, model, inputs, return_outputs):
-        if self.args.packed_forward and "attention_mask" in inputs:
-            model = PackedForward(model, self._tokenizer.pad_token_id or 0)
-        return super()._compute_loss(model, inputs, return_outputs)
-
-    def _get_train_sampler(self, train_dataset=None):
+    def train_sampler(self, train_dataset, default):
         # transformers' length grouping reads an `input_ids` or `length` column; a tokenized preference row has
         # neither (prompt_ids, chosen_ids, rejected_ids), so give it the pair's longest sequence.
         if self.args.train_sampling_strategy == "group_by_length" and self.train_dataset is not None:
@@ -91,7 +119,7 @@ class ZephyrDPOTrainer(ReliableTrainerMixin, DPOTrainer):
                        for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True)]
             return SeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                               lengths, data_seed(self.args))
-        return super()._get_train_sampler(train_dataset)
+        return super().train_sampler(train_dataset, default)
 
 
 def load_reference(model_args: ModelArguments, training_args: ZephyrDPOConfig):

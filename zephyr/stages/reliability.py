@@ -6,10 +6,14 @@
   signal, so signalling one rank deadlocks the others, and lets the stage go on to save a final model.)
 - Non-finite guard: a nan/inf loss or gradient norm stops training before the optimizer step that would use it,
   on every rank at the same step, keeping the last good checkpoint.
-- Atomic checkpoints: written under tmp-checkpoint-N and published as checkpoint-N once every rank is done
-  (zephyr/checkpointing.py); a save that fails (full disk) removes its half-written folder and says so.
+- Atomic checkpoints: written under _tmp-checkpoint-N and published as checkpoint-N once every rank is done
+  (zephyr/checkpointing.py); a save that fails (full disk) removes its half-written folder and says so. With
+  push_to_hub, only the published checkpoint is uploaded.
 - Exact resume: length-grouped batches are shuffled from (seed, epoch) instead of the global RNG, and the
   trainers' cumulative token count continues from the checkpoint.
+
+The private names of transformers and TRL this needs are reached only through zephyr/hooks/ (CheckpointHooks,
+TrainerHooks), which declares and tests them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import math
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from zephyr import checkpointing
+from zephyr.hooks import CheckpointHooks, TrainerHooks
 
 logger = logging.getLogger("zephyr")
 
@@ -131,10 +136,10 @@ class StepGuard(TrainerCallback):
 
     # -- callback events ---------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
-        # TRL counts tokens in a plain attribute that starts at 0: continue the count of the resumed run
+        # TRL's token count starts at 0 in every process: continue the count of the resumed run
         tokens = [h["num_tokens"] for h in state.log_history if "num_tokens" in h]
-        if state.global_step and tokens and hasattr(self.trainer, "_total_train_tokens"):
-            self.trainer._total_train_tokens = int(tokens[-1])
+        if state.global_step and tokens:
+            self.trainer.continue_token_count(int(tokens[-1]))
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         device = args.device
@@ -178,6 +183,10 @@ class StepGuard(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         self.saved_step = state.global_step
+        if self.stop_signal and state.global_step < state.max_steps:
+            # Stopping early: at the end of training transformers would still load the best checkpoint and, with
+            # save_total_limit=1, delete every other one, this one included. Keep it: it is the one to resume from.
+            state.best_model_checkpoint = None
 
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
@@ -203,10 +212,8 @@ def data_seed(args: Any) -> int:
     return args.data_seed if args.data_seed is not None else args.seed
 
 
-class ReliableTrainerMixin:
+class ReliableTrainerMixin(CheckpointHooks, TrainerHooks):
     """Put before the TRL trainer class: `class T(ReliableTrainerMixin, SFTTrainer)`."""
-
-    _staging_dir: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -231,26 +238,17 @@ class ReliableTrainerMixin:
     def _interrupted(self) -> bool:
         return bool(self.step_guard.stop_signal) and self.state.global_step < self.state.max_steps
 
-    def _finalize_training(self, trial, num_train_samples, start_time):
-        # After a stop, transformers would still load the best checkpoint and, with save_total_limit=1, delete every
-        # other one, the checkpoint just saved included: keep it, it is the one to resume from.
-        if self._interrupted():
-            self.state.best_model_checkpoint = None
-        return super()._finalize_training(trial, num_train_samples, start_time)
-
-    # Overrides that feed the guard: the loss of every micro-batch and the grad norm before the optimizer step.
+    # What feeds the guard: the loss of every micro-batch and the grad norm before the optimizer step.
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.step_guard.observe_loss(loss)
         return loss
 
-    def _get_grad_norm(self, model, grad_norm=None):
-        grad_norm = super()._get_grad_norm(model, grad_norm)
+    def observe_grad_norm(self, grad_norm: Any) -> None:
         self.step_guard.observe_grad_norm(grad_norm)
-        return grad_norm
 
-    def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
+    def train_sampler(self, train_dataset, default):
+        sampler = default(train_dataset)
         if type(sampler) is LengthGroupedSampler:
             return SeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, data_seed(self.args))
         return sampler
@@ -266,11 +264,6 @@ class ReliableTrainerMixin:
             loader.set_sampler(sampler)
         return loader
 
-    # Atomic checkpoints: transformers' _save_checkpoint writes into _get_output_dir(), so while saving that is
-    # the staging folder; the checkpoint is published after every rank is done with its part.
-    def _get_output_dir(self, trial):
-        return self._staging_dir or super()._get_output_dir(trial)
-
     def _last_checkpoint(self) -> Path | None:
         return checkpointing.last_complete_checkpoint(self.args.output_dir)
 
@@ -278,19 +271,20 @@ class ReliableTrainerMixin:
         last = self._last_checkpoint()
         return f"The last checkpoint, {last}, is intact." if last else "No checkpoint had been saved yet."
 
-    def _save_checkpoint(self, model, trial):
-        run_dir = super()._get_output_dir(trial)
+    def save_checkpoint_staged(self, run_dir: str, save: Callable[[], None]) -> None:
+        """Atomic checkpoints: transformers' save (`save`) writes into the staging folder (CheckpointHooks), which
+        is published as checkpoint-N once every rank is done with its part, and only then uploaded."""
         step = self.state.global_step
         final = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
         staging = checkpointing.staging_dir(run_dir, step)
         error: Exception | None = None
-        self._staging_dir = str(staging)
+        self.checkpoint_staging_root = str(staging)
         try:
-            super()._save_checkpoint(model, trial)
+            save()
         except Exception as err:  # noqa: BLE001 - every rank must learn of a failure before anyone publishes
             error = err
         finally:
-            self._staging_dir = None
+            self.checkpoint_staging_root = None
         (failed,) = agree([float(error is not None)], self.args.device)
         if failed:
             self._save_failed(error, final, staging, run_dir)
@@ -303,6 +297,8 @@ class ReliableTrainerMixin:
             checkpointing.publish(staged, final)
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        if self.args.push_to_hub:  # from the published folder (transformers' own push was skipped while staging)
+            self.push_checkpoint(str(final))
         self.accelerator.wait_for_everyone()  # nobody reads or resumes before the rename
 
     def _save_failed(self, error: Exception | None, final: Path, staging: Path, run_dir: str) -> None:

@@ -1,0 +1,40 @@
+"""Everything zephyr does through private names of transformers and TRL, in one package (datasets and Optuna
+are used through their public APIs only).
+
+A library renaming a private name breaks nothing loudly: an override stops being called. So every such use lives
+here, declared in `registry.HOOKS` with why the public API is not enough, and `tests/test_hooks.py` pins each one
+against the installed libraries, naming the hook that broke.
+
+- `registry`: the declarations, and a call counter for the contract tests.
+- `trainer`: the training loop (gradient norm, training sampler, TRL's token count).
+- `checkpoint`: checkpoint saving and its Hub upload (staged, atomic checkpoints).
+- `reference`: TRL's cache of precomputed reference log-probs (its key and weights hash).
+
+Upgrading transformers or TRL: run `pytest tests/test_hooks.py` first, and re-read `REFERENCE_NEUTRAL_FIELDS`.
+"""
+
+from zephyr.hooks.checkpoint import CheckpointHooks
+from zephyr.hooks.reference import (
+    REFERENCE_NEUTRAL_FIELDS,
+    ReferencePassHooks,
+    fast_module_hash,
+    model_identity,
+    reference_pass_settings,
+    trl_reference_hash,
+)
+from zephyr.hooks.registry import HOOKS, PrivateHook, recording
+from zephyr.hooks.trainer import TrainerHooks
+
+__all__ = [
+    "HOOKS",
+    "REFERENCE_NEUTRAL_FIELDS",
+    "CheckpointHooks",
+    "PrivateHook",
+    "ReferencePassHooks",
+    "TrainerHooks",
+    "fast_module_hash",
+    "model_identity",
+    "recording",
+    "reference_pass_settings",
+    "trl_reference_hash",
+]
