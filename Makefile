@@ -29,6 +29,7 @@ test-fast: setup
 
 # The suite on the newest releases setup.cfg's ranges allow, in its own venv, without the lock (torch stays
 # 2.13.0: any other torch spec pulls GBs of CUDA wheels here). Tells whether the ranges still hold.
+# `make test-latest PYTEST_ARGS='-m "not slow"'` runs the fast tier there.
 LATEST = .venv-latest
 test-latest:
 	$(PYTHON) -m venv $(LATEST)
@@ -36,7 +37,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install --quiet torch==2.13.0
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]" "torch==2.13.0"
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
-	$(LATEST)/bin/python -m pytest -q
+	$(LATEST)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check zephyr scripts tests benchmarks

@@ -341,3 +341,18 @@ def test_vllm_tensor_parallel_workers_split_the_gpus(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=lambda **kw: built.update(kw)))
     VLLMBackend(gens[0])
     assert built["tensor_parallel_size"] == 2 and built["model"] == "m"
+
+
+def test_dry_run_says_when_there_is_no_eval_set(tmp_path):
+    from zephyr.configs import DataArguments
+    from zephyr.plan import data_lines
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("{}\n")
+    assert data_lines(DataArguments(dataset_name=str(rows))) == [
+        f"data: {rows} [train: train, no eval set (a single file has one split)]"]
+    assert data_lines(DataArguments(dataset_name=str(tmp_path), dataset_test_split=None)) == [
+        f"data: {tmp_path} [train: train, no eval set (dataset_test_split: null)]"]
+    assert data_lines(DataArguments(dataset_name="HuggingFaceH4/ultrafeedback_binarized",
+                                    dataset_train_split="train_prefs", dataset_test_split="test_prefs")) == [
+        "data: HuggingFaceH4/ultrafeedback_binarized [train: train_prefs, eval: test_prefs]"]

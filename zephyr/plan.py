@@ -141,7 +141,12 @@ def data_lines(data: Any) -> list[str]:
     if data.dataset_mixture:
         return [f"data: {d['id']} [{d.get('split', 'train')}] weight {d.get('weight', 1.0)} as "
                 f"{d.get('role', 'train')}" for d in data.dataset_mixture.get("datasets", [])]
-    return [f"data: {data.dataset_name} [train: {data.dataset_train_split}, eval: {data.dataset_test_split}]"]
+    from zephyr.rules import is_one_split
+
+    if data.dataset_test_split and not is_one_split(Path(data.dataset_name).expanduser()):
+        return [f"data: {data.dataset_name} [train: {data.dataset_train_split}, eval: {data.dataset_test_split}]"]
+    why = "a single file has one split" if data.dataset_test_split else "dataset_test_split: null"
+    return [f"data: {data.dataset_name} [train: {data.dataset_train_split}, no eval set ({why})]"]
 
 
 def reference_line(model: Any, train: Any) -> str:
