@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from datasets import Features, List, Value
+
 Kind = Literal["sft", "preference"]
+
+MESSAGES = List({"role": Value("string"), "content": Value("string")})
+
+
+def canonical_features(kind: Kind) -> Features:
+    """The columns of a canonical row, as `convert_row` returns it (in that order)."""
+    columns = ("messages",) if kind == "sft" else ("prompt", "chosen", "rejected")
+    return Features({column: MESSAGES for column in columns})
 
 
 class RowError(ValueError):

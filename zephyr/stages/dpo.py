@@ -137,7 +137,10 @@ def load_reference(model_args: ModelArguments, training_args: ZephyrDPOConfig):
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: ZephyrDPOConfig):
     tokenizer = load_tokenizer(model_args)
-    train_ds, eval_ds, report = prepare_datasets(data_args, "preference", tokenizer, training_args.max_length)
+    # One process prepares (and caches); the others, let in after it, read what it wrote.
+    with training_args.main_process_first(desc="data preparation"):
+        train_ds, eval_ds, report = prepare_datasets(data_args, "preference", tokenizer, training_args.max_length,
+                                                     num_proc=training_args.dataset_num_proc)
     trainer = ZephyrDPOTrainer(
         model=load_model(model_args),
         ref_model=load_reference(model_args, training_args),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from trl import SFTTrainer
+from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from zephyr.configs import DataArguments, ModelArguments, ZephyrSFTConfig
 from zephyr.data import prepare_datasets
+from zephyr.data.pipeline import ChatTokenization
 from zephyr.modeling import load_model, load_tokenizer, lora_config
 from zephyr.stages.common import train_stage
 from zephyr.stages.reliability import ReliableTrainerMixin
@@ -18,9 +20,31 @@ class ZephyrSFTTrainer(ReliableTrainerMixin, SFTTrainer):
     (zephyr/stages/reliability.py)."""
 
 
+def trainer_tokenization(tokenizer, args: ZephyrSFTConfig) -> ChatTokenization | None:
+    """How SFTTrainer will tokenize the conversations, so that the data is tokenized once, while its lengths are
+    checked, and SFTTrainer trains on those ids (it does not tokenize rows that come with `input_ids`). TRL uses
+    the tokenizer's chat template, or with assistant_only_loss and a template without {% generation %} markers,
+    TRL's training version of it. None where TRL changes the tokenizer itself first (chat_template_path,
+    eos_token) or skips preparation: TRL then tokenizes, as it always did."""
+    if args.chat_template_path or args.eos_token or (args.dataset_kwargs or {}).get("skip_prepare_dataset"):
+        return None
+    template = None
+    if args.assistant_only_loss and not has_generation_markers(tokenizer.chat_template):
+        try:
+            template = get_training_chat_template(tokenizer)
+        except Exception:  # a template TRL has no training version of: its own error comes when it is built
+            return None
+    return ChatTokenization(chat_template=template, assistant_masks=bool(args.assistant_only_loss))
+
+
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: ZephyrSFTConfig):
     tokenizer = load_tokenizer(model_args)
-    train_ds, eval_ds, report = prepare_datasets(data_args, "sft", tokenizer, training_args.max_length)
+    # One process prepares (and caches); the others, let in after it, read what it wrote.
+    with training_args.main_process_first(desc="data preparation"):
+        train_ds, eval_ds, report = prepare_datasets(
+            data_args, "sft", tokenizer, training_args.max_length, num_proc=training_args.dataset_num_proc,
+            tokenization=trainer_tokenization(tokenizer, training_args),
+        )
     trainer = ZephyrSFTTrainer(
         model=load_model(model_args),
         args=training_args,
