@@ -3,6 +3,8 @@ alignment-handbook calls it, against `zephyr dpo` with its defaults, on the same
 
     python benchmarks/dpo_e2e.py [--pairs 128] [--hidden 256] [--layers 4] [--tokenizer mistral|bpe]
                                  [--batch 8] [--max-length 1024] [--out DIR] [--json FILE]
+                                 [--sides baseline,zephyr[,no-share,head-all,trl-kernel,unpacked,no-ckpt]]
+                                 [--sweep]
 
 Defaults: 128 UltraFeedback-like pairs (benchmarks/synthetic.py: log-normal lengths, prompts ~70 words, answers
 ~150, capped at 350 words), a random-init 256-wide 4-layer Mistral with Mistral-7B's real 32k tokenizer, batch 8,
@@ -27,8 +29,12 @@ Lines of the table (SIDES below; add a line by adding a Side):
              loaded and shuffled (as the handbook's mixer does), conversational prompt/chosen/rejected rows
              tokenized by TRL, a frozen reference copy passed as ref_model and run at every step (TRL's default:
              precompute_ref_log_probs off), padded batches; then save_model.
-  zephyr     `python -m zephyr.cli dpo RECIPE`: zephyr's defaults (reference log-probs precomputed once with a
-             packed forward and cached on disk, packed policy forward), from a recipe this script writes.
+  zephyr     `python -m zephyr.cli dpo RECIPE`: zephyr's defaults (reference log-probs precomputed once and cached
+             on disk; packed forward, each pair's prompt computed once, the LM head only on answer positions
+             and, on CPU, zephyr's log-prob kernel), from a recipe this script writes.
+  With --sides, lines that each switch one lever (see SIDES): no-share (share_prompt false), head-all
+  (lm_head_labels_only false), trl-kernel (cpu_log_prob_kernel false), unpacked (packed_forward false), no-ckpt (gradient_checkpointing false: not a
+  zephyr default, it trades activation memory for time). Each adds 3-5 minutes at the default sizes.
 
 Both sides use the same hyperparameters (HYPER: the handbook's cosine schedule with 10% warmup, beta 0.1 and
 lr 1e-5 so that the loss leaves ln 2 within the epoch, TRL's default activation checkpointing) and see the same
@@ -51,6 +57,12 @@ Columns:
                 for the layers and [4096 x hidden] @ [hidden x vocab] for the LM head, weighted by their
                 parameters. 100% would be a run doing nothing but those matmuls at that rate.
 The last line: `headline: N.NNx end-to-end vs TRL (handbook way)`, baseline wall seconds / zephyr wall seconds.
+
+The sweep line (`--sweep`, e.g. `python benchmarks/dpo_e2e.py --sweep --pairs 32`): 6 dDPO trials, beta 0.05/0.1/0.2
+x learning rate 5e-6/1e-5 (SWEEP). The baseline is 6 runs of the baseline side one after another, sharing one
+datasets cache as they would on a user's machine; zephyr is one `zephyr sweep` process (grid, one trial at a
+time), whose trials share the prepared data and the reference log-probs. Each trial's per-step losses are compared
+with its baseline run's. Last line: `sweep: N.NNx the baseline's time for 6 dDPO trials (target: at most 0.30x)`.
 """
 
 from __future__ import annotations
@@ -77,25 +89,28 @@ LOSS_TOLERANCE = 1e-4  # fp32
 MATMUL_TOKENS = 4096  # rows of the measured matmuls: about one batch of 8 pairs at UltraFeedback lengths
 
 
-def hyperparameters(batch: int, max_length: int) -> dict:
+SWEEP = {"beta": [0.05, 0.1, 0.2], "learning_rate": [5e-6, 1e-5]}  # --sweep: 6 trials, as a grid
+
+
+def hyperparameters(batch: int, max_length: int, beta: float = 0.1, learning_rate: float = 1e-5) -> dict:
     """What both sides are given (TRL DPOConfig keys); anything else is each side's own default."""
     return {"per_device_train_batch_size": batch, "max_length": max_length, "num_train_epochs": 1,
-            "learning_rate": 1e-5, "beta": 0.1, "lr_scheduler_type": "cosine", "warmup_steps": 0.1, "seed": 0,
+            "learning_rate": learning_rate, "beta": beta, "lr_scheduler_type": "cosine", "warmup_steps": 0.1, "seed": 0,
             "logging_steps": 1, "save_strategy": "no", "eval_strategy": "no", "report_to": "none",
             "train_sampling_strategy": "sequential"}
 
 
 # -- the baseline side: runs in its own process (`--side baseline`) ---------------------------------------------
 
-def baseline_side(work: Path, batch: int, max_length: int) -> None:
-    """TRL's DPOTrainer as the alignment-handbook's dpo script calls it; writes baseline/result.json."""
+def baseline_side(work: Path, batch: int, max_length: int, beta: float, learning_rate: float, name: str) -> None:
+    """TRL's DPOTrainer as the alignment-handbook's dpo script calls it; writes <name>/result.json."""
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import DPOConfig, DPOTrainer
 
-    model_dir, out = work / "model", work / "baseline"
-    args = DPOConfig(output_dir=str(out), bf16=False, **hyperparameters(batch, max_length))
+    model_dir, out = work / "model", work / name
+    args = DPOConfig(output_dir=str(out), bf16=False, **hyperparameters(batch, max_length, beta, learning_rate))
     set_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train = load_dataset("json", data_files=str(work / "prefs.jsonl"), split="train").shuffle(seed=DATA_SEED)
@@ -122,43 +137,115 @@ class Side:
     name: str
     command: Callable[[Path, argparse.Namespace], list[str]]  # (work folder, options) -> the process to time
     result: Callable[[Path], dict]  # (work folder) -> {"losses": [...], "real_tokens": n}, read after it exits
+    caches: str = ""  # the datasets/zephyr cache folder's name (default: the side's own, so it starts cold)
 
 
-def baseline_command(work: Path, opts: argparse.Namespace) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--side", "baseline", "--work", str(work),
-            "--batch", str(opts.batch), "--max-length", str(opts.max_length)]
+def baseline_run(name: str, beta: float = 0.1, learning_rate: float = 1e-5, caches: str = "") -> Side:
+    def command(work: Path, opts: argparse.Namespace) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), "--side", name, "--work", str(work),
+                "--batch", str(opts.batch), "--max-length", str(opts.max_length), "--beta", str(beta),
+                "--lr", str(learning_rate)]
+
+    def result(work: Path) -> dict:
+        return json.loads((work / name / "result.json").read_text())
+
+    return Side(name, command, result, caches)
 
 
-def zephyr_command(work: Path, opts: argparse.Namespace) -> list[str]:
-    import yaml
+def zephyr_side(name: str, **levers: bool) -> Side:
+    """`zephyr dpo` with its defaults, or with some levers switched (the recipe keys in `levers`)."""
 
-    # long_rows: truncate does what TRL does in the baseline (zephyr's default refuses such rows); at the default
-    # sizes no pair is that long, so it changes nothing there
-    recipe = {"model_name_or_path": str(work / "model"), "dtype": "float32",
-              "dataset_name": str(work / "prefs.jsonl"), "long_rows": "truncate", "output_dir": str(work / "zephyr"),
-              **hyperparameters(opts.batch, opts.max_length)}
-    path = work / "zephyr_dpo.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return [sys.executable, "-m", "zephyr.cli", "dpo", str(path)]
+    def command(work: Path, opts: argparse.Namespace) -> list[str]:
+        import yaml
+
+        # long_rows: truncate does what TRL does in the baseline (zephyr's default refuses such rows); at the
+        # default sizes no pair is that long, so it changes nothing there
+        recipe = {"model_name_or_path": str(work / "model"), "dtype": "float32",
+                  "dataset_name": str(work / "prefs.jsonl"), "long_rows": "truncate", "output_dir": str(work / name),
+                  **hyperparameters(opts.batch, opts.max_length), **levers}
+        path = work / f"{name}_dpo.yaml"
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        return [sys.executable, "-m", "zephyr.cli", "dpo", str(path)]
+
+    def result(work: Path) -> dict:
+        return losses_and_tokens(json.loads((work / name / "trainer_state.json").read_text())["log_history"])
+
+    return Side(name, command, result)
 
 
-def baseline_result(work: Path) -> dict:
-    return json.loads((work / "baseline" / "result.json").read_text())
+# Every side there is; `--sides` picks (default: baseline and zephyr). The others each switch one of zephyr's
+# levers off (or, for no-ckpt, TRL's activation checkpointing off), to measure what that lever gives.
+SIDES = {side.name: side for side in [
+    baseline_run("baseline"),
+    zephyr_side("zephyr"),
+    zephyr_side("no-share", share_prompt=False),  # each pair's prompt computed twice
+    zephyr_side("head-all", lm_head_labels_only=False),  # the LM head on every position (TRL's rule on CPU)
+    zephyr_side("trl-kernel", cpu_log_prob_kernel=False),  # TRL's torch fallback for the LM head's log-probs
+    zephyr_side("unpacked", packed_forward=False),  # padded batches (then neither of the two above applies)
+    zephyr_side("no-ckpt", gradient_checkpointing=False),  # not a default: trades activation memory for time
+]}
 
 
-def zephyr_result(work: Path) -> dict:
-    return losses_and_tokens(json.loads((work / "zephyr" / "trainer_state.json").read_text())["log_history"])
+# -- the sweep line (--sweep): 6 trials, beta x learning rate -----------------------------------------------------
+
+def grid() -> list[tuple[float, float]]:
+    return [(beta, lr) for beta in SWEEP["beta"] for lr in SWEEP["learning_rate"]]
 
 
-SIDES = [
-    Side("baseline", baseline_command, baseline_result),
-    Side("zephyr", zephyr_command, zephyr_result),
-]
+def trial_name(beta: float, lr: float) -> str:
+    return f"beta={beta:g},lr={lr:g}"
+
+
+def zephyr_sweep() -> Side:
+    """`zephyr sweep` over the grid, one trial at a time, from the zephyr side's recipe."""
+
+    def command(work: Path, opts: argparse.Namespace) -> list[str]:
+        import yaml
+
+        base = SIDES["zephyr"].command(work, opts)[-1]  # writes the recipe
+        sweep = {"base": base, "stage": "dpo", "output_dir": str(work / "zephyr-sweep"),
+                 "space": {key: {"choices": values} for key, values in SWEEP.items()}, "strategy": "grid",
+                 "objective": {"metric": "train_loss", "direction": "minimize"}, "parallel": 1}
+        path = work / "zephyr_sweep.yaml"
+        path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+        return [sys.executable, "-m", "zephyr.cli", "sweep", str(path)]
+
+    def result(work: Path) -> dict:
+        trials = {}
+        for row in json.loads((work / "zephyr-sweep" / "summary.json").read_text())["trials"]:
+            state = json.loads((Path(row["folder"]) / "trainer_state.json").read_text())
+            trials[trial_name(row["params"]["beta"], row["params"]["learning_rate"])] = losses_and_tokens(
+                state["log_history"])
+        return {"trials": trials, "losses": []}
+
+    return Side("zephyr-sweep", command, result)
+
+
+def sweep_line(work: Path, opts: argparse.Namespace, steps: int) -> tuple[list[str], dict, bool]:
+    """Six baseline runs one after another (sharing one datasets cache, as on a user's machine) against one
+    `zephyr sweep`; per-trial losses compared."""
+    runs = {trial_name(b, lr): run_side(baseline_run(f"baseline-{trial_name(b, lr)}", b, lr, caches="baseline"),
+                                        work, opts, steps) for b, lr in grid()}
+    sweep = run_side(zephyr_sweep(), work, opts, steps * len(runs))
+    base_seconds = sum(r["seconds"] for r in runs.values())
+    diffs = {name: max((abs(a - b) for a, b in zip(run["losses"], sweep["trials"][name]["losses"], strict=True)),
+                       default=math.inf) if len(run["losses"]) == len(sweep["trials"].get(name, {}).get("losses", []))
+             else math.inf for name, run in runs.items()}
+    ok = all(d < LOSS_TOLERANCE for d in diffs.values())
+    lines = [f"{'sweep side':<22}{'wall s':>9}{'peak RSS GB':>13}{'trials':>8}{'max|dloss|':>12}",
+             f"{'baseline (6 runs)':<22}{base_seconds:>9.1f}{max(r['peak_rss_gb'] for r in runs.values()):>13.2f}"
+             f"{len(runs):>8}{'-':>12}",
+             f"{'zephyr sweep':<22}{sweep['seconds']:>9.1f}{sweep['peak_rss_gb']:>13.2f}{len(sweep['trials']):>8}"
+             f"{max(diffs.values()):>12.1e}",
+             f"losses: {'every trial within' if ok else 'NOT every trial within'} {LOSS_TOLERANCE:g} of its baseline run",
+             f"sweep: {sweep['seconds'] / base_seconds:.2f}x the baseline's time for {len(runs)} dDPO trials "
+             f"(target: at most 0.30x)"]
+    return lines, {"runs": runs, "sweep": sweep, "max_loss_diff": diffs}, ok
 
 
 def run_side(side: Side, work: Path, opts: argparse.Namespace, steps: int) -> dict:
     """Start the side's process, wait for it to exit; its wall seconds and peak RSS, and what it wrote."""
-    cold = work / f"{side.name}-caches"  # empty: nothing tokenized or precomputed before is reused
+    cold = work / f"{side.caches or side.name}-caches"  # empty at first: nothing of another side is reused
     env = {**os.environ, "HF_DATASETS_CACHE": str(cold / "datasets"), "ZEPHYR_CACHE": str(cold / "zephyr"),
            "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -183,7 +270,7 @@ def run_side(side: Side, work: Path, opts: argparse.Namespace, steps: int) -> di
     if proc.returncode != 0:
         sys.exit(f"{side.name} failed (exit {proc.returncode}); the end of {log}:\n{log.read_text()[-4000:]}")
     result = side.result(work)
-    print(f"{side.name}: done in {seconds:.1f} s, {len(result['losses'])} steps", flush=True)
+    print(f"{side.name}: done in {seconds:.1f} s", flush=True)
     return {"side": side.name, "seconds": seconds, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, **result}
 
 
@@ -288,11 +375,20 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--out", type=Path, help="work folder to keep (default: a temporary one, removed)")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--side", help=argparse.SUPPRESS)  # inside a side's own process
+    parser.add_argument("--sides", type=lambda v: v.split(","), default=["baseline", "zephyr"],
+                        help=f"comma-separated, baseline and zephyr first (default baseline,zephyr); of {', '.join(SIDES)}")
+    parser.add_argument("--sweep", action="store_true",
+                        help="the sweep line instead: 6 trials (beta x learning rate) as 6 baseline runs vs one "
+                        "`zephyr sweep`")
+    parser.add_argument("--side", help=argparse.SUPPRESS)  # inside a baseline run's own process: its name
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--beta", type=float, default=0.1, help=argparse.SUPPRESS)
+    parser.add_argument("--lr", type=float, default=1e-5, help=argparse.SUPPRESS)
     opts = parser.parse_args()
-    if opts.side == "baseline":
-        baseline_side(opts.work, opts.batch, opts.max_length)
+    if opts.sides[:2] != ["baseline", "zephyr"] or set(opts.sides) - set(SIDES):
+        parser.error(f"--sides: baseline,zephyr first, then any of {', '.join(SIDES)}")
+    if opts.side:
+        baseline_side(opts.work, opts.batch, opts.max_length, opts.beta, opts.lr, opts.side)
         return
 
     work = opts.out or Path(tempfile.mkdtemp(prefix="zephyr-dpo-e2e-"))
@@ -306,14 +402,25 @@ def main() -> None:
           f"with the {opts.tokenizer} tokenizer, max_length {opts.max_length}, fp32, CPU {cores} cores; work {work}",
           flush=True)
     prepare(work, opts)
+    if opts.sweep:
+        lines, results, ok = sweep_line(work, opts, steps)
+        if opts.json:
+            opts.json.write_text(json.dumps({"options": {k: str(v) for k, v in vars(opts).items()}, **results,
+                                             "losses_match": ok, "headline": lines[-1]}, indent=2))
+        finish(work, opts, lines, ok)
+        return
     shapes = model_shapes(work / "model")
     rate = measure_floor_rate(shapes, cores)
-    results = [run_side(side, work, opts, steps) for side in SIDES]
+    results = [run_side(SIDES[name], work, opts, steps) for name in opts.sides]
     lines, ok = report(results, shapes, rate, opts)
     if opts.json:
         opts.json.write_text(json.dumps({"options": {k: str(v) for k, v in vars(opts).items()}, "model": shapes,
                                          "matmul": rate, "sides": results, "losses_match": ok,
                                          "headline": lines[-1]}, indent=2))
+    finish(work, opts, lines, ok)
+
+
+def finish(work: Path, opts: argparse.Namespace, lines: list[str], ok: bool) -> None:
     if not opts.out:
         shutil.rmtree(work, ignore_errors=True)
     print()

@@ -356,3 +356,31 @@ def test_dry_run_says_when_there_is_no_eval_set(tmp_path):
     assert data_lines(DataArguments(dataset_name="HuggingFaceH4/ultrafeedback_binarized",
                                     dataset_train_split="train_prefs", dataset_test_split="test_prefs")) == [
         "data: HuggingFaceH4/ultrafeedback_binarized [train: train_prefs, eval: test_prefs]"]
+
+
+def test_a_finished_run_moved_to_another_root_is_still_finished(tmp_path, monkeypatch, capsys):
+    """Stage hashes leave the root out (`${root}`): a copied or moved run is not redone; markers written by
+    zephyr 0.1 (root in the hash) are still accepted; another seed is another recipe."""
+    import shutil
+
+    from zephyr.pipeline import load_pipeline, mark_done, plan_steps
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    forbid_loading(monkeypatch)
+    pipeline = REPO / "recipes" / "tiny" / "pipeline.yaml"
+    first, moved = tmp_path / "first", tmp_path / "elsewhere" / "moved"
+    steps = plan_steps(load_pipeline(pipeline, root=str(first)), set(), None)
+    for step in steps:  # as if each stage had finished, in order
+        mark_done(step.output, step.name, step.digest, 1.0)
+    plan = lambda root, **kw: run_pipeline(pipeline, root=str(root), dry_run=True, **kw)["plan"]  # noqa: E731
+    assert set(plan(first).values()) == {"done"}
+    shutil.copytree(first, moved)
+    assert set(plan(moved).values()) == {"done"}
+    for step in plan_steps(load_pipeline(pipeline, root=str(moved)), set(), None):  # zephyr 0.1's markers
+        marker = step.output / MARKER
+        marker.write_text(json.dumps({**json.loads(marker.read_text()), "hash": step.legacy_digest}))
+        assert step.legacy_digest != step.digest
+    assert set(plan(moved).values()) == {"done"}
+    reseeded = plan(moved, seed=7)
+    assert reseeded["tiny_model"] == "to run" and "done" not in reseeded.values()  # it takes ${seed}
+    capsys.readouterr()

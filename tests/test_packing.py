@@ -95,3 +95,84 @@ def test_dpo_losses_with_and_without_packing_match(tiny_dir, tmp_path):
     assert len(losses[True]) == 5 and losses[True][0] != losses[True][-1]
     for a, b in zip(losses[False], losses[True], strict=True):
         assert abs(a - b) < 1e-5
+
+
+def test_lm_head_on_labelled_positions_only_gives_the_same_log_probs_and_gradients_for_less_work(tiny_dir, tmp_path):
+    """zephyr/hooks/lm_head.py: on CPU TRL's fused head projects every position; inside `labelled_positions_only`
+    it projects only the labelled ones: the same log-probs and gradients, minus exactly the masked positions' head
+    FLOPs (counted by torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zephyr.hooks import labelled_positions_only
+
+    trainer, batch = batch_and_trainer(tiny_dir, tmp_path)
+    model = trainer.model.eval()
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+
+    def run():
+        model.zero_grad()
+        with FlopCounterMode(display=False) as counter:
+            out = fused(model, batch, labels)
+        out.log_probs.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.log_probs.detach(), grads, counter.get_total_flops()
+
+    full, full_grads, full_flops = run()
+    with labelled_positions_only():
+        compact, grads, flops = run()
+    torch.testing.assert_close(compact, full, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == full_grads.keys() and "lm_head.weight" in grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    unlabelled = int((labels[:, 1:] == -100).sum())
+    assert 0 < unlabelled < labels[:, 1:].numel()
+    head = model.config.hidden_size * model.config.vocab_size
+    assert full_flops - flops == 2 * head * unlabelled  # the forward's projection of the masked positions
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+def test_shared_prompt_log_probs_equal_padded_with_fewer_tokens_and_no_leak_between_answers(tiny_dir, tmp_path,
+                                                                                           kernel):
+    """Each pair's prompt computed once (zephyr/packing.py): the padded forward's log-probs for both answers, fewer
+    computed tokens than plain packing, and the rejected answer does not see the chosen one."""
+    from zephyr.packing import SharedPromptForward, shared_prompt_layout
+
+    trainer, batch = batch_and_trainer(tiny_dir, tmp_path)
+    model = trainer.model.eval()
+    model.set_attn_implementation(kernel)
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    pad = trainer.processing_class.pad_token_id
+    shared = SharedPromptForward(model, pad, kernel)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        padded_out = fused(model, batch, labels)
+        out = shared(ids, mask, labels, fused_lm_head=True, use_cache=False)
+        torch.testing.assert_close(out.log_probs, padded_out.log_probs, atol=1e-5, rtol=1e-5)
+        assert out.log_probs.shape == padded_out.log_probs.shape
+        layout = shared_prompt_layout(ids, mask, labels, pad)
+        pairs = ids.shape[0] // 2
+        prompts = int((labels[:pairs, 1:] != -100).int().argmax(1).add(1).sum())  # each pair's prompt length
+        # one prompt copy of one token per pair replaces the second copy of the whole prompt
+        assert int((layout.input_ids != pad).sum()) == int(mask.sum()) - prompts + pairs
+        # change every chosen answer: no rejected log-prob moves
+        changed = ids.clone()
+        completion = batch["completion_mask"].bool()
+        changed[:pairs][completion[:pairs]] = (changed[:pairs][completion[:pairs]] + 5) % model.config.vocab_size
+        again = shared(changed, mask, labels.where(labels == -100, changed), fused_lm_head=True, use_cache=False)
+        torch.testing.assert_close(again.log_probs[pairs:], out.log_probs[pairs:], atol=1e-6, rtol=0)
+        assert not torch.allclose(again.log_probs[:pairs], out.log_probs[:pairs])
+
+
+def test_shared_prompt_falls_back_to_plain_packing_when_a_pair_has_two_prompts(tiny_dir, tmp_path):
+    from zephyr.packing import shared_prompt_layout
+
+    trainer, batch = batch_and_trainer(tiny_dir, tmp_path)
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    pad = trainer.processing_class.pad_token_id
+    assert shared_prompt_layout(batch["input_ids"], batch["attention_mask"], labels, pad) is not None
+    other = batch["input_ids"].clone()
+    other[-1, 0] = (other[-1, 0] + 1) % 100  # the last pair's rejected row has another prompt
+    assert shared_prompt_layout(other, batch["attention_mask"], labels, pad) is None
+    no_answer = labels.clone()
+    no_answer[0] = -100  # a chosen answer truncated away
+    assert shared_prompt_layout(batch["input_ids"], batch["attention_mask"], no_answer, pad) is None

@@ -208,6 +208,24 @@ class ZephyrDPOConfig(_ZephyrTrainingDefaults, DPOConfig):
         metadata={"help": "Run the policy on the batch's real tokens packed into rows (no padding), with a "
                   "separate attention block per sequence; same log-probs, less compute (zephyr/packing.py)."},
     )
+    share_prompt: bool = field(
+        default=True,
+        metadata={"help": "With packed_forward: compute each pair's prompt once, the chosen and rejected answers "
+                  "both attending to it (a block attention mask; sdpa and eager attention, else plain packing). "
+                  "Same log-probs, fewer tokens (zephyr/packing.py)."},
+    )
+    lm_head_labels_only: bool = field(
+        default=True,
+        metadata={"help": "Project through the LM head only the positions whose log-prob the loss uses (the "
+                  "completions), on CPU too; TRL does so only on CUDA/XPU. Same log-probs, less compute "
+                  "(zephyr/hooks/lm_head.py)."},
+    )
+    cpu_log_prob_kernel: bool = field(
+        default=True,
+        metadata={"help": "On CPU, compute the LM head's log-probs with zephyr's kernel (cache-sized tiles, in "
+                  "place) instead of TRL's torch fallback; same results, several times faster. GPUs keep TRL's "
+                  "Triton kernels (zephyr/lm_head_cpu.py)."},
+    )
     precompute_ref_log_probs: bool = field(
         default=True,
         metadata={"help": "Compute the reference log-probs once before training (cached on disk across runs) "

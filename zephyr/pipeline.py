@@ -114,6 +114,8 @@ def load_pipeline(path: str | Path, root: str | None = None, seed: int | None = 
             raise RecipeError(f"{path}: stage '{name}': launch settings apply to training stages ({', '.join(TRAINING)}); "
                               "aif and eval take only num_processes (workers, one per GPU)")
         resolved[name] = {"recipe": str(recipe), "overrides": render(stage.get("overrides") or {}, variables),
+                          # what the stage's hash reads: the overrides with ${root} left as it is
+                          "identity": render(stage.get("overrides") or {}, {**variables, "root": "${root}"}),
                           "launch": launch}
     tiny = render(spec.get("tiny_model"), variables) if spec.get("tiny_model") is not None else None
     if tiny is not None and set(tiny) - set(TINY_MODEL_FLAGS):
@@ -123,19 +125,22 @@ def load_pipeline(path: str | Path, root: str | None = None, seed: int | None = 
     return {"path": str(path), "vars": variables, "tiny_model": tiny, "stages": resolved, "launch": launch}
 
 
-def stage_hash(stage: dict[str, Any]) -> str:
+def stage_hash(stage: dict[str, Any], legacy: bool = False) -> str:
+    """The hash of a stage's recipe and overrides, with the root left as `${root}`: a finished run moved or copied
+    to another folder is still finished. `legacy`: the hash of zephyr 0.1 (root written out), still accepted."""
     recipe_text = Path(stage["recipe"]).read_text() if "recipe" in stage else ""
-    blob = json.dumps({"recipe": recipe_text, "overrides": stage.get("overrides")}, sort_keys=True, default=str)
+    overrides = stage.get("overrides") if legacy else stage.get("identity", stage.get("overrides"))
+    blob = json.dumps({"recipe": recipe_text, "overrides": overrides}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def finished_at(folder: Path, digest: str) -> float | None:
-    """When the stage in `folder` finished with this recipe hash, or None if it has not."""
+def finished_at(folder: Path, *digests: str) -> float | None:
+    """When the stage in `folder` finished with one of these recipe hashes, or None if it has not."""
     marker = folder / MARKER
     if not marker.is_file():
         return None
     data = json.loads(marker.read_text())
-    return data.get("finished_at") if data.get("hash") == digest else None
+    return data.get("finished_at") if data.get("hash") in digests else None
 
 
 def mark_done(folder: Path, name: str, digest: str, seconds: float) -> None:
@@ -153,6 +158,7 @@ class Step:
     commands: list[list[str] | Parallel]  # run in order; a Parallel runs its processes side by side
     output: Path
     digest: str
+    legacy_digest: str  # the hash zephyr 0.1 wrote: a run it finished is not redone
     lines: list[str] = field(default_factory=list)  # what it will do (for --dry-run)
     env: dict[str, str] = field(default_factory=dict)  # environment additions (secrets travel here, not in argv)
 
@@ -188,9 +194,11 @@ def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | 
     if spec["tiny_model"] is not None:
         root = Path(spec["vars"]["root"])
         flags = [x for k, v in spec["tiny_model"].items() for x in (TINY_MODEL_FLAGS[k], str(v))]
-        tiny = {"overrides": {"out": str(root), **spec["tiny_model"]}}
+        tiny = {"overrides": {"out": str(root), **spec["tiny_model"]}, "identity": {"out": "${root}",
+                                                                                    **spec["tiny_model"]}}
         steps.append(Step("tiny_model", [stage_command("tiny-model", ["--output-dir", str(root), *flags], None)],
-                          root, stage_hash(tiny), [f"embedded default (model/ and data/) in {root}"]))
+                          root, stage_hash(tiny), stage_hash(tiny, legacy=True),
+                          [f"embedded default (model/ and data/) in {root}"]))
         produced.append(root)
     for name in (s for s in STAGES if s in spec["stages"]):
         stage = spec["stages"][name]
@@ -216,7 +224,7 @@ def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | 
             if workers > 1:
                 commands = shard_workers(name, argv, workers, devices, tp)
                 lines.insert(0, f"workers: {workers} side by side ({tp} GPU(s) each), one shard each, then merged")
-        steps.append(Step(name, commands, output, stage_hash(stage), lines, env))
+        steps.append(Step(name, commands, output, stage_hash(stage), stage_hash(stage, legacy=True), lines, env))
         produced.append(output)
     return steps
 
@@ -234,7 +242,7 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
     inputs_time = 0.0  # when the newest earlier stage finished: a stage older than its inputs is stale
     report = []
     for step in steps:
-        done = finished_at(step.output, step.digest)
+        done = finished_at(step.output, step.digest, step.legacy_digest)
         if only and step.name != only:
             inputs_time = max(inputs_time, done or 0.0)
             report.append((step, "not in this run (--only)"))

@@ -10,7 +10,8 @@ printed last. Checks:
 
   env                  versions, device, which optional packages are importable
   matmul               the measured dense matmul rate (bf16 on GPU): the denominator of model FLOPs utilisation
-  packed[ATTN]         the packed DPO forward (zephyr/packing.py) against the padded one, per attention kernel
+  packed[ATTN]         the packed DPO forward (zephyr/packing.py), plain and with each pair's prompt shared, against the
+                       padded one, per attention kernel
   dpo-step0            zephyr's dDPO defaults: step-0 loss = ln 2, a few steps on one batch lower the loss
   dpo-reference        with a reference copy: the reference weights are bitwise unchanged after training
   throughput           dDPO of TRL the handbook's way vs zephyr's defaults on a ~1B model, whole processes
@@ -200,7 +201,8 @@ def check_matmul(kit: Kit) -> Result:
 
 
 def padded_batch(kit: Kit, tokenizer, rows: int, seed: int):
-    """Right-padded sequences with log-normal lengths and a masked prompt, as TRL's DPO collator builds them."""
+    """Right-padded sequences with log-normal lengths and a masked prompt, as TRL's DPO collator builds them: rows
+    i and i + rows/2 are a pair (chosen, rejected) with the same prompt."""
     import random
 
     torch = kit.torch
@@ -212,10 +214,13 @@ def padded_batch(kit: Kit, tokenizer, rows: int, seed: int):
     mask = torch.zeros((rows, width), dtype=torch.long)
     labels = torch.full((rows, width), -100, dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
+    half = rows // 2
     for i, n in enumerate(lengths):
         ids[i, :n] = torch.randint(3, len(tokenizer), (n,), generator=gen)
         mask[i, :n] = 1
-        prompt = n // 3
+        pair = i % half if half else i
+        prompt = min(lengths[pair], lengths[pair + half] if half else n) // 3
+        ids[i, :prompt] = ids[pair, :prompt]
         labels[i, prompt:n] = ids[i, prompt:n]
     return ids.to(kit.device), mask.to(kit.device), labels.to(kit.device)
 
@@ -234,7 +239,7 @@ def packed_check(kit: Kit, attn: str) -> Result:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.trainer.utils import add_fused_lm_head
 
-    from zephyr.packing import PackedForward
+    from zephyr.packing import PackedForward, SharedPromptForward, shared_prompt_layout
 
     folder = kit.model_dir("small")
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -248,6 +253,8 @@ def packed_check(kit: Kit, attn: str) -> Result:
     with torch.no_grad():
         padded = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs.double()
         packed = PackedForward(model, tokenizer.pad_token_id)(ids, mask, labels, fused_lm_head=True).log_probs.double()
+        shared = SharedPromptForward(model, tokenizer.pad_token_id, attn)(ids, mask, labels,
+                                                                          fused_lm_head=True).log_probs.double()
         truth = exact(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs.double()
     scored = (labels[:, 1:] != -100).double()
     n = scored.sum(1)
@@ -256,6 +263,9 @@ def packed_check(kit: Kit, attn: str) -> Result:
         return ((a - b).abs() * scored).sum(1) / n
 
     diff, pad_err, pack_err = per_seq(packed, padded), per_seq(padded, truth), per_seq(packed, truth)
+    # each pair's prompt once (share_prompt): only sdpa and eager take its mask; other kernels run plain packing
+    shares = attn in ("sdpa", "eager") and shared_prompt_layout(ids, mask, labels, tokenizer.pad_token_id) is not None
+    shared_diff = float(per_seq(shared, padded).max())
     roundoff = torch.finfo(kit.dtype).eps / 2
     mean_abs = float((truth.abs() * scored).sum() / scored.sum())
     tolerance = max(2 * float(pad_err.max()), roundoff * mean_abs)
@@ -263,11 +273,13 @@ def packed_check(kit: Kit, attn: str) -> Result:
     details = {"max_mean_abs_diff_per_token": float(diff.max()), "padded_max_err_vs_exact": float(pad_err.max()),
                "packed_max_err_vs_exact": float(pack_err.max()), "tolerance": tolerance,
                "max_abs_diff_sequence_sum": sum_diff, "sequences": int(ids.shape[0]), "width": int(ids.shape[1]),
-               "real_tokens": int(mask.sum()), "mean_abs_logp": mean_abs}
-    ok = float(diff.max()) <= tolerance
+               "real_tokens": int(mask.sum()), "mean_abs_logp": mean_abs,
+               "shared_prompt": shares, "shared_max_mean_abs_diff_per_token": shared_diff}
+    ok = float(diff.max()) <= tolerance and shared_diff <= tolerance and shares == (attn in ("sdpa", "eager"))
     summary = (f"max per-token |packed-padded| {float(diff.max()):.2e} <= {tolerance:.2e}" if ok else
                f"packed differs from padded: {float(diff.max()):.2e} > tolerance {tolerance:.2e}")
     summary += f" (padded vs exact {float(pad_err.max()):.2e}, packed vs exact {float(pack_err.max()):.2e})"
+    summary += f"; shared prompt {shared_diff:.2e}" + ("" if shares else " (plain packing: no custom mask)")
     return Result(f"packed[{attn}]", "ok" if ok else "fail", summary, details=details)
 
 

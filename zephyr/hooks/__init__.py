@@ -9,14 +9,17 @@ against the installed libraries, naming the hook that broke.
 - `trainer`: the training loop (gradient norm, training sampler, TRL's token count).
 - `checkpoint`: checkpoint saving and its Hub upload (staged, atomic checkpoints).
 - `reference`: TRL's cache of precomputed reference log-probs (its key and weights hash).
+- `lm_head`: TRL's fused LM head on CPU: only labelled positions, and zephyr's kernel (zephyr/lm_head_cpu.py).
 
 Upgrading transformers or TRL: run `pytest tests/test_hooks.py` first, and re-read `REFERENCE_NEUTRAL_FIELDS`.
 """
 
 from zephyr.hooks.checkpoint import CheckpointHooks
+from zephyr.hooks.lm_head import cpu_log_prob_kernel, labelled_positions_only
 from zephyr.hooks.reference import (
     REFERENCE_NEUTRAL_FIELDS,
     ReferencePassHooks,
+    attn_implementation,
     fast_module_hash,
     model_identity,
     reference_pass_settings,
@@ -32,7 +35,10 @@ __all__ = [
     "PrivateHook",
     "ReferencePassHooks",
     "TrainerHooks",
+    "attn_implementation",
+    "cpu_log_prob_kernel",
     "fast_module_hash",
+    "labelled_positions_only",
     "model_identity",
     "recording",
     "reference_pass_settings",

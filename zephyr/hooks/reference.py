@@ -32,12 +32,17 @@ ATTN_IMPLEMENTATION = declare(PrivateHook(
     "last bits; the config's to_dict() leaves it out and no public getter exists (TRL reads it the same way)."))
 
 
+def attn_implementation(config: Any) -> str | None:
+    """The attention kernel a loaded model runs."""
+    used(ATTN_IMPLEMENTATION)
+    return getattr(config, ATTN_IMPLEMENTATION.name, None)
+
+
 def model_identity(config: Any) -> dict[str, Any]:
     """What a model config says about the forward pass: its to_dict() without where it was loaded from, and the
     attention implementation it runs."""
-    used(ATTN_IMPLEMENTATION)
     settings = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
-    return {**settings, "attn_implementation": getattr(config, ATTN_IMPLEMENTATION.name, None)}
+    return {**settings, "attn_implementation": attn_implementation(config)}
 
 
 def fast_module_hash(module: torch.nn.Module) -> str:

@@ -18,9 +18,16 @@ from trl import DPOTrainer
 from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig
 from zephyr.data import prepare_datasets
 from zephyr.data.cache import content_digest
-from zephyr.hooks import ReferencePassHooks, model_identity, reference_pass_settings
+from zephyr.hooks import (
+    ReferencePassHooks,
+    attn_implementation,
+    cpu_log_prob_kernel,
+    labelled_positions_only,
+    model_identity,
+    reference_pass_settings,
+)
 from zephyr.modeling import load_model, load_tokenizer, lora_config
-from zephyr.packing import PackedForward
+from zephyr.packing import PackedForward, SharedPromptForward
 from zephyr.stages.common import train_stage
 from zephyr.stages.reliability import ReliableTrainerMixin, SeededLengthGroupedSampler, data_seed
 
@@ -53,14 +60,42 @@ class ZephyrDPOTrainer(ReliableTrainerMixin, ReferencePassHooks, DPOTrainer):
         self.reference_batches_computed += 1
         # The reference pass of precompute_ref_log_probs, packed like the policy's forward: its padded batches are
         # mostly padding at UltraFeedback lengths (measured on an H200: most of the dDPO start-up).
-        if self.args.packed_forward and "attention_mask" in inputs:
-            model = PackedForward(model, self.pad_id)
-        return super().compute_ref_log_probs(model, inputs)
+        with self.lm_head_scope():
+            return super().compute_ref_log_probs(self.forward_of(model, inputs), inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.args.packed_forward and "attention_mask" in inputs:
-            model = PackedForward(model, self.pad_id)
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with self.lm_head_scope(), self.reference_like_policy(inputs):
+            return super().compute_loss(self.forward_of(model, inputs), inputs, return_outputs, num_items_in_batch)
+
+    @contextlib.contextmanager
+    def reference_like_policy(self, inputs):
+        """A reference copy run at every step (precompute_ref_log_probs off) takes the policy's layout too: as
+        fast, and at step 0 its log-probs are the policy's bit for bit (the rewards are exactly 0)."""
+        reference = self.ref_model
+        if reference is not None:
+            self.ref_model = self.forward_of(reference, inputs)
+        try:
+            yield
+        finally:
+            self.ref_model = reference
+
+    def forward_of(self, model, inputs):
+        """The model as TRL's loss calls it: packed (no padding), each prompt once per pair, or as it is."""
+        if not self.args.packed_forward or "attention_mask" not in inputs:
+            return model
+        if self.args.share_prompt:
+            kernel = attn_implementation(self.accelerator.unwrap_model(model).config)
+            return SharedPromptForward(model, self.pad_id, kernel)
+        return PackedForward(model, self.pad_id)
+
+    def lm_head_scope(self) -> contextlib.ExitStack:
+        """TRL's fused LM head, on CPU as fast as the recipe allows (zephyr/hooks/lm_head.py)."""
+        stack = contextlib.ExitStack()
+        if self.args.lm_head_labels_only:
+            stack.enter_context(labelled_positions_only())
+        if self.args.cpu_log_prob_kernel:
+            stack.enter_context(cpu_log_prob_kernel())
+        return stack
 
     def reference_cache_key(self, dataset: Dataset, batch_size: int) -> str:
         """What the reference log-probs of `dataset` depend on, hashed: its token ids, the reference weights and
