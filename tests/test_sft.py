@@ -115,3 +115,22 @@ def test_qlora_4bit_trains_on_cpu(tiny_dir, tmp_path):
     trainer.train()
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(v, after[k]) for k, v in lora.items())
+
+
+def test_fast_lm_head_gives_the_same_sft_losses_and_weights(tiny_dir, tmp_path):
+    """lm_head_labels_only and cpu_log_prob_kernel (zephyr/hooks/lm_head.py) in dSFT: the same per-step losses and
+    final weights as TRL's own fused head, on assistant-only labels."""
+    results = {}
+    for fast in (False, True):
+        configs = stage_configs("sft", tiny_dir, tmp_path / str(fast), max_steps=3, max_train_samples=32,
+                                learning_rate=1e-3, logging_steps=1, lm_head_labels_only=fast, cpu_log_prob_kernel=fast)
+        trainer, _, _ = sft.build_trainer(*configs)
+        trainer.train()
+        results[fast] = ([h["loss"] for h in trainer.state.log_history if "loss" in h],
+                         {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+    (slow_losses, slow_weights), (fast_losses, fast_weights) = results[False], results[True]
+    assert len(fast_losses) == 3 and fast_losses[0] != fast_losses[-1]
+    for a, b in zip(slow_losses, fast_losses, strict=True):
+        assert abs(a - b) < 1e-5
+    for name, weight in fast_weights.items():
+        torch.testing.assert_close(weight, slow_weights[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -135,6 +135,18 @@ class _ZephyrTrainingDefaults:
         default=None,
         metadata={"help": "bf16 mixed precision. Default: on when a CUDA GPU supports it, off on CPU."},
     )
+    lm_head_labels_only: bool = field(
+        default=True,
+        metadata={"help": "Project through the LM head only the positions whose log-prob the loss uses (answers "
+                  "and assistant turns), on CPU too; TRL does so only on CUDA/XPU. Same log-probs, less compute "
+                  "(zephyr/hooks/lm_head.py)."},
+    )
+    cpu_log_prob_kernel: bool = field(
+        default=True,
+        metadata={"help": "On CPU, compute the LM head's log-probs with zephyr's kernel (cache-sized tiles, in "
+                  "place) instead of TRL's torch fallback; same results, several times faster. GPUs keep TRL's "
+                  "Triton kernels (zephyr/lm_head_cpu.py)."},
+    )
     report_to: str | list[str] = field(
         default="none", metadata={"help": "Dashboards to log to: none, all, wandb, tensorboard, trackio, mlflow."}
     )
@@ -213,18 +225,6 @@ class ZephyrDPOConfig(_ZephyrTrainingDefaults, DPOConfig):
         metadata={"help": "With packed_forward: compute each pair's prompt once, the chosen and rejected answers "
                   "both attending to it (a block attention mask; sdpa and eager attention, else plain packing). "
                   "Same log-probs, fewer tokens (zephyr/packing.py)."},
-    )
-    lm_head_labels_only: bool = field(
-        default=True,
-        metadata={"help": "Project through the LM head only the positions whose log-prob the loss uses (the "
-                  "completions), on CPU too; TRL does so only on CUDA/XPU. Same log-probs, less compute "
-                  "(zephyr/hooks/lm_head.py)."},
-    )
-    cpu_log_prob_kernel: bool = field(
-        default=True,
-        metadata={"help": "On CPU, compute the LM head's log-probs with zephyr's kernel (cache-sized tiles, in "
-                  "place) instead of TRL's torch fallback; same results, several times faster. GPUs keep TRL's "
-                  "Triton kernels (zephyr/lm_head_cpu.py)."},
     )
     precompute_ref_log_probs: bool = field(
         default=True,

@@ -15,7 +15,7 @@ Upgrading transformers or TRL: run `pytest tests/test_hooks.py` first, and re-re
 """
 
 from zephyr.hooks.checkpoint import CheckpointHooks
-from zephyr.hooks.lm_head import cpu_log_prob_kernel, labelled_positions_only
+from zephyr.hooks.lm_head import cpu_log_prob_kernel, fast_lm_head, labelled_positions_only
 from zephyr.hooks.reference import (
     REFERENCE_NEUTRAL_FIELDS,
     ReferencePassHooks,
@@ -37,6 +37,7 @@ __all__ = [
     "TrainerHooks",
     "attn_implementation",
     "cpu_log_prob_kernel",
+    "fast_lm_head",
     "fast_module_hash",
     "labelled_positions_only",
     "model_identity",

@@ -73,3 +73,14 @@ def cpu_log_prob_kernel() -> contextlib.AbstractContextManager:
     """Inside the block, TRL's fused LM head runs zephyr's CPU kernel on CPU tensors (and its own elsewhere). The
     autograd graph keeps the kernel it was built with, so the backward may run after the block."""
     return _swapped(CHUNKED_LOGPROB.name, _CPUDispatch)
+
+
+def fast_lm_head(args: Any) -> contextlib.ExitStack:
+    """The LM head settings of a zephyr training config (`lm_head_labels_only`, `cpu_log_prob_kernel`), as one
+    context for a trainer's compute_loss."""
+    stack = contextlib.ExitStack()
+    if getattr(args, "lm_head_labels_only", False):
+        stack.enter_context(labelled_positions_only())
+    if getattr(args, "cpu_log_prob_kernel", False):
+        stack.enter_context(cpu_log_prob_kernel())
+    return stack

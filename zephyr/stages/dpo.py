@@ -21,8 +21,7 @@ from zephyr.data.cache import content_digest
 from zephyr.hooks import (
     ReferencePassHooks,
     attn_implementation,
-    cpu_log_prob_kernel,
-    labelled_positions_only,
+    fast_lm_head,
     model_identity,
     reference_pass_settings,
 )
@@ -90,12 +89,7 @@ class ZephyrDPOTrainer(ReliableTrainerMixin, ReferencePassHooks, DPOTrainer):
 
     def lm_head_scope(self) -> contextlib.ExitStack:
         """TRL's fused LM head, on CPU as fast as the recipe allows (zephyr/hooks/lm_head.py)."""
-        stack = contextlib.ExitStack()
-        if self.args.lm_head_labels_only:
-            stack.enter_context(labelled_positions_only())
-        if self.args.cpu_log_prob_kernel:
-            stack.enter_context(cpu_log_prob_kernel())
-        return stack
+        return fast_lm_head(self.args)
 
     def reference_cache_key(self, dataset: Dataset, batch_size: int) -> str:
         """What the reference log-probs of `dataset` depend on, hashed: its token ids, the reference weights and

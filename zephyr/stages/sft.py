@@ -8,6 +8,7 @@ from trl.chat_template_utils import get_training_chat_template, has_generation_m
 from zephyr.configs import DataArguments, ModelArguments, ZephyrSFTConfig
 from zephyr.data import prepare_datasets
 from zephyr.data.pipeline import ChatTokenization
+from zephyr.hooks import fast_lm_head
 from zephyr.modeling import load_model, load_tokenizer, lora_config
 from zephyr.stages.common import train_stage
 from zephyr.stages.reliability import ReliableTrainerMixin
@@ -17,7 +18,11 @@ CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrSFTConfig)
 
 class ZephyrSFTTrainer(ReliableTrainerMixin, SFTTrainer):
     """TRL's SFTTrainer with clean stops, a non-finite guard, atomic checkpoints and exact resume
-    (zephyr/stages/reliability.py)."""
+    (zephyr/stages/reliability.py), and its fused LM head fast on CPU (zephyr/hooks/lm_head.py)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with fast_lm_head(self.args):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
 def trainer_tokenization(tokenizer, args: ZephyrSFTConfig) -> ChatTokenization | None:
