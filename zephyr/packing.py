@@ -142,7 +142,8 @@ def shared_prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         if p[i] != p[j] or p[i] < 1 or not torch.equal(input_ids[i, : p[i]], input_ids[j, : p[j]]):
             return None
         segments.append((p[i], n[i] - p[i], n[j] - p[j]))
-    plan = plan_packing([P + C + 1 + R for P, C, R in segments], max(width, max(P + C + 1 + R for P, C, R in segments)))
+    spans = [P + C + 1 + R for P, C, R in segments]
+    plan = plan_packing(spans, max(width, *spans))
     device, w = input_ids.device, plan.width
     ids = torch.full((plan.rows, w), pad_token_id, dtype=input_ids.dtype, device=device)
     positions = torch.zeros((plan.rows, w), dtype=torch.long, device=device)

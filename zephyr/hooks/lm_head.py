@@ -79,8 +79,8 @@ def fast_lm_head(args: Any) -> contextlib.ExitStack:
     """The LM head settings of a zephyr training config (`lm_head_labels_only`, `cpu_log_prob_kernel`), as one
     context for a trainer's compute_loss."""
     stack = contextlib.ExitStack()
-    if getattr(args, "lm_head_labels_only", False):
+    if args.lm_head_labels_only:
         stack.enter_context(labelled_positions_only())
-    if getattr(args, "cpu_log_prob_kernel", False):
+    if args.cpu_log_prob_kernel:
         stack.enter_context(cpu_log_prob_kernel())
     return stack

@@ -59,11 +59,11 @@ class ZephyrDPOTrainer(ReliableTrainerMixin, ReferencePassHooks, DPOTrainer):
         self.reference_batches_computed += 1
         # The reference pass of precompute_ref_log_probs, packed like the policy's forward: its padded batches are
         # mostly padding at UltraFeedback lengths (measured on an H200: most of the dDPO start-up).
-        with self.lm_head_scope():
+        with fast_lm_head(self.args):
             return super().compute_ref_log_probs(self.forward_of(model, inputs), inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        with self.lm_head_scope(), self.reference_like_policy(inputs):
+        with fast_lm_head(self.args), self.reference_like_policy(inputs):
             return super().compute_loss(self.forward_of(model, inputs), inputs, return_outputs, num_items_in_batch)
 
     @contextlib.contextmanager
@@ -86,10 +86,6 @@ class ZephyrDPOTrainer(ReliableTrainerMixin, ReferencePassHooks, DPOTrainer):
             kernel = attn_implementation(self.accelerator.unwrap_model(model).config)
             return SharedPromptForward(model, self.pad_id, kernel)
         return PackedForward(model, self.pad_id)
-
-    def lm_head_scope(self) -> contextlib.ExitStack:
-        """TRL's fused LM head, on CPU as fast as the recipe allows (zephyr/hooks/lm_head.py)."""
-        return fast_lm_head(self.args)
 
     def reference_cache_key(self, dataset: Dataset, batch_size: int) -> str:
         """What the reference log-probs of `dataset` depend on, hashed: its token ids, the reference weights and
