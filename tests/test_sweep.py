@@ -192,7 +192,8 @@ def test_pruning_stops_a_lagging_trial_early(tiny_dir, tmp_path):
     # trial 0 learns; trial 1 barely moves, so its eval loss lags trial 0's at the same step and it is stopped
     values = sweep_config(tiny_dir, out, {"learning_rate": {"choices": [3e-3, 1e-9]}})
     values["objective"] = {"metric": "eval_loss", "direction": "minimize"}
-    values["overrides"].update(max_steps=200, eval_strategy="steps", eval_steps=2, max_train_samples=64)
+    # 30 steps: trial 0 must finish (it sets the median), trial 1 must still be running when step 2 is judged
+    values["overrides"].update(max_steps=30, eval_strategy="steps", eval_steps=2, max_train_samples=64)
     values.update(pruning={"type": "median", "n_startup_trials": 1}, poll_seconds=0.2)
     rows = run_sweep(config(values))
     by_lr = {r["params"]["learning_rate"]: r for r in rows}
@@ -200,7 +201,7 @@ def test_pruning_stops_a_lagging_trial_early(tiny_dir, tmp_path):
     pruned = by_lr[1e-9]
     assert pruned["state"] == "PRUNED" and pruned["pruned_at"] == 2
     steps = [r["step"] for r in read_metrics(Path(pruned["folder"]))]
-    assert max(steps) < 200 and not (Path(pruned["folder"]) / "all_results.json").exists()  # killed, not finished
+    assert max(steps) < 30 and not (Path(pruned["folder"]) / "all_results.json").exists()  # killed, not finished
     assert "pruned at step 2" in (out / "summary.md").read_text()
 
 
