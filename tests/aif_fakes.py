@@ -82,6 +82,7 @@ def judge_text(instruction: str, answers: list[str]) -> str:
 def parse_judge_prompt(user: str) -> tuple[str, list[str]]:
     """The instruction and the answers, in the order shown, of a rubric request."""
     instruction = re.search(r"Instruction:\n(.*?)\n\n\d+ answers follow", user, flags=re.DOTALL)[1]
+    instruction = instruction.split("which the answers reply to:)\n")[-1]  # a later turn: rate the reply to it
     blocks = re.findall(r"<answer (\d+)>\n(.*?)\n</answer \1>", user, flags=re.DOTALL)
     assert [int(n) for n, _ in blocks] == list(range(1, len(blocks) + 1)), blocks
     return instruction, [text for _, text in blocks]

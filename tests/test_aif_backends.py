@@ -331,3 +331,46 @@ def test_missing_api_key_variable_is_a_clear_error(server, prompts_file, tmp_pat
     with pytest.raises(EndpointError, match=f"environment variable {KEY_ENV} is not set"):
         aif.main([str(path)])
     assert server.count("judge") == 0
+
+
+# ------------------------------------------------------------------------------------------------ per turn
+def test_every_turn_of_a_dialogue_is_answered_in_context_judged_in_context_and_paired(server, prompts_file,
+                                                                                       tmp_path, monkeypatch):
+    """prompts.turns: every: each user turn of an UltraChat-style dialogue is a prompt, the dialogue before it
+    (with its own replies) sent as context to the generators and shown to the judge; each turn makes a pair."""
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    tasks = [p["prompt"] for p in prompt_list(prompts_file)[:6]]
+    dialogues = [{"prompt_id": f"d{i}", "messages": [
+        {"role": "user", "content": tasks[2 * i]}, {"role": "assistant", "content": f"reply {i}"},
+        {"role": "user", "content": tasks[2 * i + 1]}, {"role": "assistant", "content": "ok"}]} for i in range(3)]
+    source = tmp_path / "dialogues.jsonl"
+    source.write_text("".join(json.dumps(d) + "\n" for d in dialogues))
+    path = write_recipe(tmp_path, server, source, n=None)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["prompts"]["turns"] = "every"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli.main(["aif", str(path)]) == 0
+
+    first = {"role": "user", "content": tasks[0]}
+    context = [first, {"role": "assistant", "content": "reply 0"}]
+    asked = [c.body["messages"] for c in server.select("generate", "solver")]
+    assert [first] in asked and [*context, {"role": "user", "content": tasks[1]}] in asked
+    judged = next(c for c in server.select("judge") if c.prompt == tasks[1])
+    shown = judged.body["messages"][-1]["content"]
+    assert f"User: {tasks[0]}\n\nAssistant: reply 0" in shown and shown.index("reply 0") < shown.index(tasks[1])
+
+    rows = {r["prompt_id"]: r for r in dataset_rows(tmp_path / "aif")}
+    assert sorted(rows) == ["d0", "d0#turn1", "d1", "d1#turn1", "d2", "d2#turn1"]
+    later = rows["d0#turn1"]
+    assert later["prompt"] == tasks[1]
+    assert later["chosen"] == [*context, {"role": "user", "content": tasks[1]},
+                               {"role": "assistant", "content": solve(tasks[1])}]
+    assert later["rejected"][:3] == later["chosen"][:3] and later["rejected"][3]["content"] != solve(tasks[1])
+    assert rows["d0"]["chosen"] == [first, {"role": "assistant", "content": solve(tasks[0])}]
+
+    # turns: first (Zephyr's prompts) is the first turn of each dialogue: its answers are already stored
+    server.reset()
+    cfg["prompts"]["turns"] = "first"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli.main(["aif", str(path)]) == 0
+    assert server.count() == 0 and sorted(r["prompt_id"] for r in dataset_rows(tmp_path / "aif")) == ["d0", "d1", "d2"]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from zephyr.aif.binarize import Candidate, binarize, binarize_prompt, score_of
+from zephyr.aif.binarize import Candidate, RatedPrompt, binarize, binarize_prompt, score_of
 from zephyr.aif.config import BinarizationConfig
 from zephyr.aif.rubric import ParseError, parse_critique, parse_ratings, rubric_messages
 from zephyr.inference.store import RecordStore, StoreError
@@ -106,7 +106,7 @@ def test_output_schema_is_ultrafeedback_binarized():
 
 
 def test_binarize_is_seeded_and_independent_of_prompt_order():
-    prompts = [(f"q{i}", f"id{i}", [cand(x, float((i * 7 + k) % 5)) for k, x in enumerate("abcd")])
+    prompts = [RatedPrompt(f"q{i}", f"id{i}", [cand(x, float((i * 7 + k) % 5)) for k, x in enumerate("abcd")])
                for i in range(30)]
     rows1, dropped1 = binarize(prompts, cfg(seed=3))
     rows2, dropped2 = binarize(list(reversed(prompts)), cfg(seed=3))
@@ -114,6 +114,21 @@ def test_binarize_is_seeded_and_independent_of_prompt_order():
     assert dropped1 == dropped2 and sum(dropped1.values()) + len(rows1) == 30
     rows3, _ = binarize(prompts, cfg(seed=4))
     assert rows3 != rows1  # the seed matters
+
+
+def test_a_later_turn_keeps_the_conversation_before_it_as_the_prompt():
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    (row,), dropped = binarize([RatedPrompt("And now?", "d1#turn1", [cand("a", 2.0), cand("b", 1.0)], history)],
+                               cfg())
+    context = [*history, {"role": "user", "content": "And now?"}]
+    assert not dropped and row["prompt"] == "And now?" and row["prompt_id"] == "d1#turn1"
+    assert row["chosen"] == [*context, {"role": "assistant", "content": "answer from a"}]
+    assert row["rejected"] == [*context, {"role": "assistant", "content": "answer from b"}]
+    # what the trainers read: the conversation up to the turn is the prompt, each answer alone
+    from zephyr.data.schemas import convert_row
+
+    assert convert_row(row, "explicit_prompt") == {"prompt": context, "chosen": row["chosen"][-1:],
+                                                   "rejected": row["rejected"][-1:]}
 
 
 # ------------------------------------------------------------------------------------------ rubric

@@ -110,3 +110,42 @@ def test_no_pair_is_an_error_and_the_command_line_works(raw_file, tmp_path, caps
 def test_dpo_on_raw_ultrafeedback_points_to_zephyr_binarize():
     with pytest.raises(RowError, match="binarize it first with `zephyr binarize --source DATASET"):
         detect_schema(["source", "instruction", "models", "completions"], "preference")
+
+
+def test_a_dialogue_rated_at_two_turns_makes_one_pair_per_turn(tmp_path):
+    """Per-turn preferences: each rated assistant turn is a pair whose prompt is the dialogue up to that turn,
+    with the dialogue's own replies before it; the trainers then read that conversation as the prompt."""
+    turn1 = [completion("a", (5, 5, 5, 5), 9.0), completion("b", (1, 1, 1, 1), 2.0)]
+    turn2 = [completion("c", (2, 2, 2, 2), 3.0), completion("d", (4, 4, 4, 4), 8.0)]
+    dialogue = {"prompt_id": "d1", "messages": [
+        {"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "7", "completions": turn1},
+        {"role": "user", "content": "And a bigger one?"}, {"role": "assistant", "content": "11", "completions": turn2},
+        {"role": "user", "content": "Thanks."}, {"role": "assistant", "content": "You are welcome."}]}
+    path = tmp_path / "dialogues.jsonl"
+    path.write_text(json.dumps(dialogue) + "\n")
+    summary = binarize_ratings(RatingsConfig(source=str(path), output_dir=str(tmp_path / "out"), binarization=(
+        BinarizationConfig(score="overall", rejected="lowest"))))
+    assert (summary["rows"], summary["rated_prompts"], summary["pairs"]) == (1, 2, 2)
+    got = {r["prompt_id"]: r for r in datasets.load_dataset(str(tmp_path / "out"), split="train_prefs").to_list()}
+    first = [{"role": "user", "content": "Name a prime."}]
+    second = [*first, {"role": "assistant", "content": "7"}, {"role": "user", "content": "And a bigger one?"}]
+    assert got["d1"]["chosen"] == [*first, {"role": "assistant", "content": "answer of a"}]
+    assert got["d1"]["rejected"] == [*first, {"role": "assistant", "content": "answer of b"}]
+    assert got["d1#turn1"]["prompt"] == "And a bigger one?"
+    assert got["d1#turn1"]["chosen"] == [*second, {"role": "assistant", "content": "answer of d"}]
+    assert got["d1#turn1"]["rejected"] == [*second, {"role": "assistant", "content": "answer of c"}]
+    assert detect_schema(list(got["d1#turn1"]), "preference") == "explicit_prompt"
+
+
+@pytest.mark.parametrize(("messages", "message"), [
+    ([{"role": "user", "content": "hi", "completions": []}], r"messages\[0\]: completions belong on an assistant"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "no assistant message carries"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "completions": "bad"}],
+     r"row 0: messages\[1\]: expected completions, a list"),
+])
+def test_a_dialogue_with_misplaced_or_missing_ratings_is_refused_with_its_row(tmp_path, messages, message):
+    path = tmp_path / "dialogues.jsonl"
+    path.write_text(json.dumps({"messages": messages}) + "\n")
+    with pytest.raises(DataError, match=message):
+        binarize_ratings(RatingsConfig(source=str(path), output_dir=str(tmp_path / "out")))
+    assert not (tmp_path / "out" / "data").exists()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from zephyr.aif.config import BinarizationConfig
@@ -32,9 +33,11 @@ def score_of(judgment: dict[str, Any] | None, source: str) -> float | None:
 
 
 def binarize_prompt(
-    prompt: str, prompt_id: str, candidates: list[Candidate], cfg: BinarizationConfig
+    prompt: str, prompt_id: str, candidates: list[Candidate], cfg: BinarizationConfig,
+    history: Sequence[dict[str, str]] = (),
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """(row, None) for a kept pair, or (None, reason) for a dropped prompt."""
+    """(row, None) for a kept pair, or (None, reason) for a dropped prompt. `history`: the conversation before
+    `prompt` (a later turn of a dialogue): chosen and rejected are then that conversation, then the answer."""
     # An empty answer is what a model said (a local model may stop at once), but it makes no training pair.
     scored = [(c, s) for c in candidates
               if c.response.strip() and (s := score_of(c.judgment, cfg.score)) is not None]
@@ -62,13 +65,13 @@ def binarize_prompt(
         return None, "score gap below min_gap"
     if chosen.response.strip() == rejected.response.strip():
         return None, "identical answers"
-    user = {"role": "user", "content": prompt}
-    chosen_conv = [user, {"role": "assistant", "content": chosen.response}]
+    context = [*({"role": m["role"], "content": m["content"]} for m in history), {"role": "user", "content": prompt}]
+    chosen_conv = [*context, {"role": "assistant", "content": chosen.response}]
     row = {
         "prompt": prompt,
         "prompt_id": prompt_id,
         "chosen": chosen_conv,
-        "rejected": [user, {"role": "assistant", "content": rejected.response}],
+        "rejected": [*context, {"role": "assistant", "content": rejected.response}],
         "messages": chosen_conv,
         "score_chosen": float(chosen_score),
         "score_rejected": float(rejected_score),
@@ -76,11 +79,21 @@ def binarize_prompt(
     return row, None
 
 
-def binarize(prompts: list[tuple[str, str, list[Candidate]]], cfg: BinarizationConfig) -> tuple[list[dict], Counter]:
+@dataclass
+class RatedPrompt:
+    """A prompt (the last user turn), its id, its rated answers, and the conversation before it, if any."""
+
+    text: str
+    id: str
+    candidates: list[Candidate]
+    history: list[dict[str, str]] = field(default_factory=list)
+
+
+def binarize(prompts: list[RatedPrompt], cfg: BinarizationConfig) -> tuple[list[dict], Counter]:
     """Pairs for every prompt that yields one, and the count of dropped prompts by reason."""
     rows, dropped = [], Counter()
-    for prompt, prompt_id, candidates in prompts:
-        row, reason = binarize_prompt(prompt, prompt_id, candidates, cfg)
+    for p in prompts:
+        row, reason = binarize_prompt(p.text, p.id, p.candidates, cfg, p.history)
         if row is None:
             dropped[reason] += 1
         else:

@@ -30,6 +30,13 @@ class PromptSource:
         default=None, metadata={"help": "Column with a stable prompt id; default `prompt_id` or a hash of the text."}
     )
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    turns: Literal["first", "every", "last"] = field(
+        default="first",
+        metadata={"help": "A dialogue (the `messages` column, UltraChat): first: its first user turn (Zephyr); "
+                  "every: one prompt per user turn, the dialogue before it (with its own replies) as context, so "
+                  "that later turns get rated too (per-turn preferences); last: only the last user turn, with "
+                  "context. Ids of later turns: <id>#turn<k>."},
+    )
 
 
 @dataclass

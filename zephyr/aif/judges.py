@@ -21,7 +21,7 @@ class LLMJudge:
     def judge(self, tasks: list[JudgeTask]) -> list[list[dict[str, Any]]]:
         cfg = self.cfg
         orders = [self._order(t) for t in tasks]
-        requests = [self._request(rubric_messages(t.prompt, [t.responses[i] for i in order], cfg.aspects))
+        requests = [self._request(rubric_messages(t.instruction(), [t.responses[i] for i in order], cfg.aspects))
                     for t, order in zip(tasks, orders, strict=True)]
         results: list[list[dict[str, Any]] | None] = [None] * len(tasks)
         pending = list(range(len(tasks)))
@@ -63,7 +63,8 @@ class LLMJudge:
 
     def _add_overall(self, tasks: list[JudgeTask], results: list) -> None:
         slots = [(i, j) for i, t in enumerate(tasks) for j in range(len(t.responses)) if "failure" not in results[i][j]]
-        requests = [self._request(critique_messages(tasks[i].prompt, tasks[i].responses[j])) for i, j in slots]
+        requests = [self._request(critique_messages(tasks[i].instruction(), tasks[i].responses[j]))
+                    for i, j in slots]
         pending = list(range(len(slots)))
         for attempt in range(self.cfg.max_parse_retries + 1):
             answers = self.backend.complete([requests[k] for k in pending], seed=self.cfg.seed + 1 + attempt * 7919)
@@ -102,7 +103,7 @@ class RewardModelJudge:
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
     def judge(self, tasks: list[JudgeTask]) -> list[list[dict[str, Any]]]:
-        convs = [(i, [{"role": "user", "content": t.prompt}, {"role": "assistant", "content": r}])
+        convs = [(i, [*t.history, {"role": "user", "content": t.prompt}, {"role": "assistant", "content": r}])
                  for i, t in enumerate(tasks) for r in t.responses]
         rewards: list[float] = []
         for start in range(0, len(convs), self.batch_size):

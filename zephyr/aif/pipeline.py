@@ -24,7 +24,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from zephyr.aif import keys
-from zephyr.aif.binarize import Candidate, binarize
+from zephyr.aif.binarize import Candidate, RatedPrompt, binarize
 from zephyr.aif.config import AIFConfig, BinarizationConfig, PromptSource
 from zephyr.aif.judges import JudgeTask, make_judge
 from zephyr.configs import DatasetSource
@@ -40,7 +40,11 @@ logger = logging.getLogger("zephyr.aif")
 @dataclass
 class Prompt:
     id: str
-    text: str
+    text: str  # the user turn to answer
+    history: list[dict[str, str]] = field(default_factory=list)  # the dialogue before it (later turns)
+
+    def messages(self) -> list[dict[str, str]]:
+        return [*self.history, {"role": "user", "content": self.text}]
 
 
 @dataclass
@@ -70,6 +74,24 @@ def prompt_text(row: dict[str, Any], column: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def dialogue_turns(messages: list[dict[str, Any]], turns: str) -> list[tuple[int, str, list[dict[str, str]]]]:
+    """(user turn number from 0, its text, the dialogue before it) for the turns `turns` asks for."""
+    out = []
+    for i, m in enumerate(messages):
+        if m.get("role") == "user":
+            history = [{"role": x["role"], "content": x["content"]} for x in messages[:i]]
+            out.append((len(out), m["content"] or "", history))
+    if turns == "first":
+        return [(n, text, []) for n, text, _ in out[:1]]  # alone, as Zephyr's prompts are
+    return out[-1:] if turns == "last" else out
+
+
+def row_prompts(row: dict[str, Any], column: str, turns: str) -> list[tuple[int, str, list[dict[str, str]]]]:
+    if column == "messages" and isinstance(row[column], list):
+        return dialogue_turns(row[column], turns)
+    return [(0, prompt_text(row, column), [])]
+
+
 def load_prompts(src: PromptSource) -> tuple[list[Prompt], Counter]:
     ds = load_source(DatasetSource(id=src.id, config=src.config, split=src.split))
     column = src.column or next((c for c in ("instruction", "prompt", "messages") if c in ds.column_names), None)
@@ -79,17 +101,24 @@ def load_prompts(src: PromptSource) -> tuple[list[Prompt], Counter]:
     id_column = src.id_column or ("prompt_id" if "prompt_id" in ds.column_names else None)
     prompts, seen, dropped = [], set(), Counter()
     for row in ds:
-        text = prompt_text(row, column).strip()
-        if not text:
+        turns = row_prompts(row, column, src.turns)
+        first = prompt_text(row, column).strip()
+        base = str(row[id_column]) if id_column else hashlib.sha256(first.encode()).hexdigest()[:16]
+        if not turns:
             dropped["empty prompt"] += 1
-            continue
-        pid = str(row[id_column]) if id_column else hashlib.sha256(text.encode()).hexdigest()[:16]
-        if pid in seen:
-            dropped["duplicate prompt id"] += 1
-            continue
-        seen.add(pid)
-        prompts.append(Prompt(pid, text))
+        for n, text, history in turns:
+            if not text.strip():
+                dropped["empty prompt"] += 1
+                continue
+            # the first turn keeps the row's id: its stored answers serve `turns: first` and `every` alike
+            pid = base if n == 0 else f"{base}#turn{n}"
+            if pid in seen:
+                dropped["duplicate prompt id"] += 1
+                continue
+            seen.add(pid)
+            prompts.append(Prompt(pid, text.strip(), history))
         if src.max_prompts and len(prompts) >= src.max_prompts:
+            prompts = prompts[:src.max_prompts]
             break
     for reason, n in dropped.items():
         logger.warning("%s: skipped %d prompts (%s)", src.id, n, reason)
@@ -172,8 +201,7 @@ class AIFRun:
         for (p, _), key in zip(batch, batch_keys, strict=True):
             rng = random.Random(f"{gen.seed}:{keys.sample_seed_text(key)}")
             principle = rng.choice(gen.principles) if gen.principles else None
-            messages = ([{"role": "system", "content": principle}] if principle else []) + [
-                {"role": "user", "content": p.text}]
+            messages = ([{"role": "system", "content": principle}] if principle else []) + p.messages()
             requests.append(ChatRequest(messages, gen.temperature, gen.top_p, gen.max_new_tokens))
             principles.append(principle)
         seed = content_seed(gen.seed, batch_keys)
@@ -229,7 +257,8 @@ class AIFRun:
         logger.info("judge (%s): %d prompts to judge", self.cfg.judge.type, len(ready))
         judge = make_judge(self.cfg.judge)
         for batch in tqdm(chunks(ready, max(self.cfg.judge.batch_size, 1)), desc="Judging", unit="batch"):
-            tasks = [JudgeTask(p.id, p.text, [self.completions.get(k)["response"] for k in have]) for p, have in batch]
+            tasks = [JudgeTask(p.id, p.text, [self.completions.get(k)["response"] for k in have], p.history)
+                     for p, have in batch]
             results = judge.judge(tasks)
             records = []
             for (p, have), judgments in zip(batch, results, strict=True):
@@ -271,8 +300,8 @@ def write_outputs(cfg: AIFConfig, collected, summary: Summary) -> None:
     """raw.jsonl and the binarized dataset. The dataset is written aside and then swapped in whole: a run that
     cannot make a single pair, or dies while writing, leaves the previous dataset as it was."""
     out = Path(cfg.output_dir)
-    candidates = [(p.text, p.id, [Candidate(i["response"], i["model"], i["judgment"]) for i in items])
-                  for p, items in collected]
+    candidates = [RatedPrompt(p.text, p.id, [Candidate(i["response"], i["model"], i["judgment"]) for i in items],
+                              p.history) for p, items in collected]
     rows, dropped = binarize(candidates, cfg.binarization)
     summary.pairs, summary.dropped = len(rows), dropped
     if not rows:
@@ -280,7 +309,8 @@ def write_outputs(cfg: AIFConfig, collected, summary: Summary) -> None:
     raw_path = out / "raw.jsonl"
     with open(raw_path.with_suffix(".jsonl.tmp"), "w") as f:
         for p, items in collected:
-            f.write(json.dumps({"prompt_id": p.id, "instruction": p.text, "completions": [
+            context = {"history": p.history} if p.history else {}
+            f.write(json.dumps({"prompt_id": p.id, "instruction": p.text, **context, "completions": [
                 {k: v for k, v in item.items() if k != "key"} for item in items]}, ensure_ascii=False) + "\n")
     write_dataset(out, rows, cfg.binarization)
     raw_path.with_suffix(".jsonl.tmp").replace(raw_path)

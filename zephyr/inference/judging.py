@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from zephyr.inference.settings import JudgeConfig
@@ -12,8 +12,17 @@ from zephyr.inference.settings import JudgeConfig
 @dataclass
 class JudgeTask:
     prompt_id: str
-    prompt: str
+    prompt: str  # the user turn the responses answer
     responses: list[str]
+    history: list[dict[str, str]] = field(default_factory=list)  # the dialogue before that turn, if any
+
+    def instruction(self) -> str:
+        """What an LLM judge is shown as the instruction: the user turn, after the dialogue that led to it."""
+        if not self.history:
+            return self.prompt
+        dialogue = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in self.history)
+        return (f"(The conversation so far, for context:)\n{dialogue}\n\n(The user's last turn, which the answers "
+                f"reply to:)\n{self.prompt}")
 
 
 def failure(reason: str) -> dict[str, Any]:
