@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
 import struct
 from pathlib import Path
 
@@ -15,11 +18,11 @@ def state_snapshot(model) -> dict[str, torch.Tensor]:
 
 
 def stage_configs(stage: str, tiny, tmp_path, **overrides):
-    """(ModelArguments, DataArguments, Zephyr*Config) for a short run on the embedded data."""
+    """(ModelArguments, DataArguments, Zephyr*Config) for a short run of a training stage (sft, dpo, orpo, simpo,
+    kto, rm) on the embedded data: SFT conversations for sft, preference pairs for the others."""
     from zephyr.recipe import build_configs
-    from zephyr.stages import dpo, sft
 
-    data = {"sft": ("sft", "train_sft", "test_sft"), "dpo": ("prefs", "train_prefs", "test_prefs")}[stage]
+    data = ("sft", "train_sft", "test_sft") if stage == "sft" else ("prefs", "train_prefs", "test_prefs")
     values = {
         "model_name_or_path": str(tiny / "model"),
         "dtype": "float32",
@@ -43,8 +46,39 @@ def stage_configs(stage: str, tiny, tmp_path, **overrides):
     if stage == "dpo":
         values["precompute_ref_log_probs"] = False  # most tests look at the frozen copy itself
     values.update(overrides)
-    classes = sft.CONFIG_CLASSES if stage == "sft" else dpo.CONFIG_CLASSES
-    return build_configs(values, classes)
+    return build_configs(values, importlib.import_module(f"zephyr.stages.{stage}").CONFIG_CLASSES)
+
+
+@contextlib.contextmanager
+def process_state_kept():
+    """A stage run in this process sets dashboard variables and library log levels: put them back after it."""
+    import transformers
+
+    environ = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        transformers.utils.logging.set_verbosity_warning()
+
+
+def u(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def a(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def write_hub_layout(folder: Path, splits: dict[str, list[dict]]) -> Path:
+    """A local dataset folder laid out like a hub dataset: data/<split>-00000-of-00001.parquet per split."""
+    import datasets
+
+    (folder / "data").mkdir(parents=True)
+    for split, rows in splits.items():
+        datasets.Dataset.from_list(rows).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
 
 
 def wandb_run_record(path: Path):

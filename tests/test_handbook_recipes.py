@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
+from helpers import a, process_state_kept, u, write_hub_layout
 
 from zephyr.cli import main as cli_main
 from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig, ZephyrSFTConfig
@@ -54,23 +54,6 @@ def machine_overrides() -> list[str]:
 
 def local(model: Path | str, data: Path | str, out: Path) -> list[str]:
     return ["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(out)]
-
-
-def u(text: str) -> dict:
-    return {"role": "user", "content": text}
-
-
-def a(text: str) -> dict:
-    return {"role": "assistant", "content": text}
-
-
-def write_hub_layout(folder: Path, splits: dict[str, list[dict]]) -> Path:
-    import datasets
-
-    (folder / "data").mkdir(parents=True)
-    for split, rows in splits.items():
-        datasets.Dataset.from_list(rows).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -235,12 +218,8 @@ def test_dataset_num_proc_is_fitted_to_the_cores_with_one_warning(tmp_path, hub_
 # --------------------------------------------------------------------------------------------- training (slow)
 @pytest.fixture
 def restore_process_state():
-    """A stage run in this process sets dashboard variables and library log levels: put them back."""
-    environ = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(environ)
-    transformers.utils.logging.set_verbosity_warning()
+    with process_state_kept():
+        yield
 
 
 @pytest.mark.slow

@@ -2,8 +2,9 @@
 against the installed libraries. An upgrade that renames a hook, changes its parameters or stops calling it fails
 here, and the test id names the hook (`test_hook_exists[transformers.Trainer._get_grad_norm]`).
 
-One short dSFT run and one short dDPO run (2 steps, a checkpoint each step, pushed to a stand-in Hub) are shared
-by every "is it still reached" check."""
+One short dSFT, dDPO and KTO run each (2 steps, a checkpoint each step, pushed to a stand-in Hub) are shared by
+every "is it still reached" check; tests/test_pref_stages.py checks the checkpoint hooks inside the ORPO, CPO, KTO
+and reward trainers."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from zephyr.hooks import (
     reference_pass_settings,
     trl_reference_hash,
 )
-from zephyr.stages import dpo, sft
+from zephyr.stages import dpo, kto, orpo, rm, sft, simpo
 
 REPO = Path(__file__).resolve().parents[1]
 HOOK_KEYS = sorted(HOOKS)
@@ -75,12 +76,14 @@ def short_runs(tiny_dir, tmp_path_factory):
         patch.setattr(HfApi, "upload_folder", lambda api, **kw: hub.upload_folder(api, **kw))
         patch.setenv("ZEPHYR_CACHE", str(tmp / "cache"))
         runs = (("sft", sft, "checkpoint", {}),
-                ("dpo", dpo, "all_checkpoints", {"precompute_ref_log_probs": True, "dataset_test_split": None}))
+                ("dpo", dpo, "all_checkpoints", {"precompute_ref_log_probs": True, "dataset_test_split": None}),
+                # KTO's reference cache is keyed with zephyr's hash too; its KL estimate needs rows in a fixed order
+                ("kto", kto, "checkpoint", {"dataset_test_split": None, "train_sampling_strategy": "sequential"}))
         for stage, module, strategy, extra in runs:
+            settings = {"train_sampling_strategy": "group_by_length", **extra}
             configs = stage_configs(stage, tiny_dir, tmp / stage, max_steps=2, max_train_samples=16,
                                     save_strategy="steps", save_steps=1, push_to_hub=True,
-                                    hub_model_id=f"someone/{stage}", hub_strategy=strategy,
-                                    train_sampling_strategy="group_by_length", **extra)
+                                    hub_model_id=f"someone/{stage}", hub_strategy=strategy, **settings)
             trainer, _, _ = module.build_trainer(*configs)
             trainer.train()
             trainers[stage] = trainer
@@ -125,7 +128,8 @@ PUBLIC_OVERRIDES = {"__init__", "train", "training_step", "get_train_dataloader"
                     "compute_ref_log_probs"}
 
 
-@pytest.mark.parametrize("trainer_class", [sft.ZephyrSFTTrainer, dpo.ZephyrDPOTrainer])
+@pytest.mark.parametrize("trainer_class", [sft.ZephyrSFTTrainer, dpo.ZephyrDPOTrainer, orpo.ZephyrORPOTrainer,
+                                           simpo.ZephyrCPOTrainer, kto.ZephyrKTOTrainer, rm.ZephyrRewardTrainer])
 def test_zephyr_trainers_override_only_declared_hooks_and_chosen_public_methods(trainer_class):
     """A method zephyr adds must not shadow a library name by accident, and a private override must be declared
     in zephyr/hooks/ (or it goes unchecked when the library changes)."""

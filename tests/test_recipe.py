@@ -6,6 +6,7 @@ Nothing here loads a model or a dataset: only the config objects are built.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -582,6 +583,9 @@ def stage_of(path: Path) -> tuple[tuple[type, ...], str]:
         from zephyr.sweep import SweepConfig
 
         return (SweepConfig,), "sweep"
+    for stage in ("orpo", "simpo", "kto", "rm"):  # recipes/<name>/<stage>/... or recipes/tiny/<stage>.yaml
+        if stage in path.relative_to(REPO).parts or path.stem == stage:
+            return importlib.import_module(f"zephyr.stages.{stage}").CONFIG_CLASSES, stage
     return (DPO, "dpo") if "dpo" in rel else (SFT, "sft")
 
 

@@ -4,6 +4,10 @@
     zephyr sft RECIPE.yaml [--key value | key=value ...] [--accelerate-config CFG]
     zephyr aif RECIPE.yaml [overrides] [--shard i/n] [--rebinarize]
     zephyr dpo RECIPE.yaml [overrides] [--accelerate-config CFG]
+    zephyr orpo RECIPE.yaml [overrides] [--accelerate-config CFG]    (ORPO from the base model: no dSFT, no reference)
+    zephyr simpo RECIPE.yaml [overrides] [--accelerate-config CFG]   (SimPO; loss_type sigmoid + cpo_alpha 1.0: CPO)
+    zephyr kto RECIPE.yaml [overrides] [--accelerate-config CFG]     (KTO on unpaired rows, or pairs split in two)
+    zephyr rm RECIPE.yaml [overrides] [--accelerate-config CFG]      (a reward model on preference pairs)
     zephyr eval RECIPE.yaml [overrides]
     zephyr binarize [RECIPE.yaml] --source DATASET --output_dir DIR [--binarization.score overall ...]
     zephyr sweep SWEEP.yaml [--export-best FILE]
@@ -25,6 +29,7 @@ from collections.abc import Callable
 
 from zephyr.keyhelp import COMMAND_CONFIGS, command_help
 from zephyr.logs import configure_logging
+from zephyr.stages import TRAINING_STAGES
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -167,6 +172,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sft": (lazy_stage("zephyr.stages.sft"), "dSFT: supervised fine-tuning on chat data (RECIPE [overrides])"),
     "aif": (lazy_stage("zephyr.stages.aif"), "AIF: generate answers, judge them, binarize into pairs (RECIPE [overrides] [--rebinarize])"),
     "dpo": (lazy_stage("zephyr.stages.dpo"), "dDPO: preference optimization against the frozen dSFT model (RECIPE [overrides])"),
+    "orpo": (lazy_stage("zephyr.stages.orpo"), "ORPO: SFT and preference optimization in one pass from the base model, no reference (TRL experimental)"),
+    "simpo": (lazy_stage("zephyr.stages.simpo"), "SimPO: reference-free, length-normalised preference optimization; loss_type sigmoid + cpo_alpha 1.0 is CPO (TRL experimental CPOTrainer)"),
+    "kto": (lazy_stage("zephyr.stages.kto"), "KTO: desirable/undesirable answers (unpaired, or pairs split in two) against the frozen starting model"),
+    "rm": (lazy_stage("zephyr.stages.rm"), "reward model: a score head trained on preference pairs; reports eval_accuracy"),
     "binarize": (lazy_stage("zephyr.aif.ratings"), "existing ratings (raw UltraFeedback) to preference pairs (--source S --output_dir D [binarization.*])"),
     "eval": (lazy_stage("zephyr.stages.eval"), "evaluate: answer questions, grade them, report scores with confidence intervals"),
     "sweep": (lazy_stage("zephyr.sweep"), "hyperparameter search over recipe keys on an Optuna study (SWEEP.yaml [--export-best F])"),
@@ -176,16 +185,17 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 }
 
 
-LAUNCHABLE = ("sft", "dpo")  # training stages: `--accelerate-config CFG` launches them on several processes
+LAUNCHABLE = tuple(TRAINING_STAGES)  # training stages: `--accelerate-config CFG` launches them on several processes
+PLANNABLE = (*LAUNCHABLE, "aif", "eval")  # stages that take --dry-run
 
 
 def usage() -> str:
     lines = ["usage: zephyr COMMAND [args]", "", "commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Overrides: --key value, --key=value or key=value; they win over the recipe.",
-              "sft, dpo, aif and eval take --dry-run: resolve and check the recipe, print the plan, run nothing.",
-              "sft and dpo take --accelerate-config CFG (a file, or a name in accelerate_configs/: multi_gpu,",
-              "zero2, zero3, zero3_offload, fsdp, cpu_2proc) to run under `accelerate launch`."]
+              f"{', '.join(PLANNABLE)} take --dry-run: resolve and check the recipe, print the plan, run nothing.",
+              f"{', '.join(LAUNCHABLE)} take --accelerate-config CFG (a file, or a name in accelerate_configs/:",
+              "multi_gpu, zero2, zero3, zero3_offload, fsdp, cpu_2proc) to run under `accelerate launch`."]
     return "\n".join(lines)
 
 
@@ -214,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in COMMAND_CONFIGS and any(a in ("-h", "--help") for a in argv[1:]):
         print(command_help(argv[0], command[1]))
         return 0
-    if argv[0] in ("sft", "dpo", "aif", "eval") and "--dry-run" in argv:
+    if argv[0] in PLANNABLE and "--dry-run" in argv:
         return dry_run(argv[0], [a for a in argv[1:] if a != "--dry-run"])
     if argv[0] in LAUNCHABLE:
         try:

@@ -44,8 +44,14 @@ IGNORED = {
 }
 
 
-def translate_legacy_keys(values: dict[str, Any], stage: str, source: str) -> dict[str, Any]:
-    """Return a copy of `values` with legacy keys mapped; warn about every change."""
+# Keys TRL 1.16 dropped from DPOConfig that its experimental ORPO and CPO configs still declare: kept for them.
+STILL_DECLARED = frozenset({"max_completion_length", "padding_value", "generate_during_eval"})
+
+
+def translate_legacy_keys(values: dict[str, Any], stage: str, source: str,
+                          known: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Return a copy of `values` with legacy keys mapped; warn about every change. `known`: the keys the stage's
+    configs declare; those of STILL_DECLARED among them are kept as they are."""
     out = dict(values)
     for old, new in RENAMED.items():
         if old in out:
@@ -56,7 +62,7 @@ def translate_legacy_keys(values: dict[str, Any], stage: str, source: str) -> di
             logger.warning("%s: '%s' is now '%s'; using %s: %r", source, old, new, new, value)
             out[new] = value
     for key, why in IGNORED.items():
-        if key in out:
+        if key in out and not (key in STILL_DECLARED and key in known):
             logger.warning("%s: ignoring '%s: %r': %s", source, key, out.pop(key), why)
     if out.pop("use_flash_attention_2", False):
         logger.warning("%s: 'use_flash_attention_2' is now 'attn_implementation: flash_attention_2'", source)

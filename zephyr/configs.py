@@ -1,7 +1,8 @@
 """Typed configuration for every stage. A recipe's keys map onto these dataclasses (see `zephyr.recipe`).
 
 `ModelArguments` and `DataArguments` are ours; the trainer configs extend TRL's `SFTConfig` and `DPOConfig`
-so that every TRL/transformers training key works in a recipe unchanged.
+so that every TRL/transformers training key works in a recipe unchanged. The ORPO, SimPO/CPO, KTO and reward-model
+configs, built from the same mixins, are in `zephyr.preference_configs`.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ class ModelArguments:
     ref_model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "DPO only: the frozen reference model. Default: the model being trained (the dSFT model) as it is "
-            "loaded, or with LoRA the base with the adapter disabled."
+            "help": "DPO and KTO only: the frozen reference model. Default: the model being trained (the dSFT model) "
+            "as it is loaded, or with LoRA the base with the adapter disabled."
         },
     )
 
@@ -125,7 +126,7 @@ class DataArguments:
 
 @dataclass
 class _ZephyrTrainingDefaults:
-    """Defaults shared by our SFT and DPO configs (mixed in before TRL's class so these win)."""
+    """Defaults shared by every zephyr training config (mixed in before TRL's class so these win)."""
 
     resume: bool = field(
         default=True, metadata={"help": "Resume from the last complete checkpoint in output_dir when there is one. "
@@ -134,18 +135,6 @@ class _ZephyrTrainingDefaults:
     bf16: bool | None = field(
         default=None,
         metadata={"help": "bf16 mixed precision. Default: on when a CUDA GPU supports it, off on CPU."},
-    )
-    lm_head_labels_only: bool = field(
-        default=True,
-        metadata={"help": "Project through the LM head only the positions whose log-prob the loss uses (answers "
-                  "and assistant turns), on CPU too; TRL does so only on CUDA/XPU. Same log-probs, less compute "
-                  "(zephyr/hooks/lm_head.py)."},
-    )
-    cpu_log_prob_kernel: bool = field(
-        default=True,
-        metadata={"help": "On CPU, compute the LM head's log-probs with zephyr's kernel (cache-sized tiles, in "
-                  "place) instead of TRL's torch fallback; same results, several times faster. GPUs keep TRL's "
-                  "Triton kernels (zephyr/lm_head_cpu.py)."},
     )
     report_to: str | list[str] = field(
         default="none", metadata={"help": "Dashboards to log to: none, all, wandb, tensorboard, trackio, mlflow."}
@@ -193,6 +182,25 @@ class _ZephyrTrainingDefaults:
             self.dataset_num_proc = cores
 
 
+@dataclass
+class _FusedLMHeadSettings:
+    """For the trainers that score answers with TRL's fused LM head (SFT, DPO, KTO); ORPO, CPO and the reward
+    model compute full logits or a score head, where these settings would do nothing."""
+
+    lm_head_labels_only: bool = field(
+        default=True,
+        metadata={"help": "Project through the LM head only the positions whose log-prob the loss uses (answers "
+                  "and assistant turns), on CPU too; TRL does so only on CUDA/XPU. Same log-probs, less compute "
+                  "(zephyr/hooks/lm_head.py)."},
+    )
+    cpu_log_prob_kernel: bool = field(
+        default=True,
+        metadata={"help": "On CPU, compute the LM head's log-probs with zephyr's kernel (cache-sized tiles, in "
+                  "place) instead of TRL's torch fallback; same results, several times faster. GPUs keep TRL's "
+                  "Triton kernels (zephyr/lm_head_cpu.py)."},
+    )
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, which a scheduler or taskset may narrow)."""
     try:
@@ -202,7 +210,7 @@ def available_cores() -> int:
 
 
 @dataclass
-class ZephyrSFTConfig(_ZephyrTrainingDefaults, SFTConfig):
+class ZephyrSFTConfig(_ZephyrTrainingDefaults, _FusedLMHeadSettings, SFTConfig):
     """TRL's SFTConfig with zephyr defaults: loss on assistant turns only, resume when rerun."""
 
     assistant_only_loss: bool = field(
@@ -211,7 +219,7 @@ class ZephyrSFTConfig(_ZephyrTrainingDefaults, SFTConfig):
 
 
 @dataclass
-class ZephyrDPOConfig(_ZephyrTrainingDefaults, DPOConfig):
+class ZephyrDPOConfig(_ZephyrTrainingDefaults, _FusedLMHeadSettings, DPOConfig):
     """TRL's DPOConfig with zephyr defaults: reference log-probs computed once before training (and cached on
     disk for the next run with the same data and reference), so no reference model is held or run per step."""
 

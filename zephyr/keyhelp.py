@@ -13,6 +13,10 @@ from typing import Any
 COMMAND_CONFIGS = {
     "sft": ("zephyr.stages.sft", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
     "dpo": ("zephyr.stages.dpo", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
+    "orpo": ("zephyr.stages.orpo", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
+    "simpo": ("zephyr.stages.simpo", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
+    "kto": ("zephyr.stages.kto", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
+    "rm": ("zephyr.stages.rm", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
     "aif": ("zephyr.aif.config", "AIFConfig", "RECIPE.yaml [overrides] [--shard i/n] [--rebinarize] [--dry-run]"),
     "eval": ("zephyr.evaluation.config", "EvalConfig", "RECIPE.yaml [overrides] [--dry-run]"),
     "binarize": ("zephyr.aif.ratings", "RatingsConfig", "[RECIPE.yaml] --source DATASET --output_dir DIR [overrides]"),
@@ -24,6 +28,12 @@ SECTION_TITLES = {  # class name -> section heading; other classes are headed by
     "DataArguments": "data",
     "ZephyrSFTConfig": "training (TRL SFTConfig and transformers TrainingArguments, with zephyr's defaults)",
     "ZephyrDPOConfig": "training (TRL DPOConfig and transformers TrainingArguments, with zephyr's defaults)",
+    "ZephyrORPOConfig": "training (TRL experimental ORPOConfig and transformers TrainingArguments, with zephyr's "
+                        "defaults)",
+    "ZephyrSimPOConfig": "training (TRL experimental CPOConfig and transformers TrainingArguments, with zephyr's "
+                         "SimPO defaults)",
+    "ZephyrKTOConfig": "training (TRL KTOConfig and transformers TrainingArguments, with zephyr's defaults)",
+    "ZephyrRewardConfig": "training (TRL RewardConfig and transformers TrainingArguments, with zephyr's defaults)",
 }
 
 

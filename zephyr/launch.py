@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from zephyr.recipe import RecipeError
+from zephyr.stages import TRAINING_STAGES
 
-TRAINING = ("sft", "dpo")
+TRAINING = tuple(TRAINING_STAGES)
 WATCH_ENV = "ZEPHYR_WATCH_PARENT"  # set for every process a pipeline starts (and so for their ranks)
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 

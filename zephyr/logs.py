@@ -14,7 +14,8 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #   CPU 4-bit kernel is missing, although the fallback it then uses works; most runs use no 4-bit at all.
 QUIET_LOGGERS = {"bitsandbytes.backends.cpu.ops": logging.ERROR}
 # - TRL's configs set `gradient_checkpointing`, which transformers 5 reports as a deprecated alias on every config.
-QUIET_WARNINGS = (r".*gradient_checkpointing` is deprecated.*",)
+# - TRL's KTO and DPO trainers ask `is_gradient_checkpointing`, which transformers 5 reports as deprecated too.
+QUIET_WARNINGS = (r".*gradient_checkpointing` is deprecated.*", r".*is_gradient_checkpointing` is deprecated.*")
 
 
 def configure_logging(level: int = logging.INFO, library_level: int | None = None) -> None:

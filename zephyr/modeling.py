@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from zephyr.chat_template import ZEPHYR_CHAT_TEMPLATE
 from zephyr.configs import ModelArguments
@@ -126,13 +133,23 @@ def model_init_kwargs(args: ModelArguments) -> dict[str, Any]:
     return kwargs
 
 
-def load_model(args: ModelArguments, name_or_path: str | None = None) -> PreTrainedModel:
+def load_model(args: ModelArguments, name_or_path: str | None = None, reward_head: bool = False) -> PreTrainedModel:
+    """The causal LM to train (or a reference); with `reward_head`, the same weights under a one-output
+    sequence-classification head (a reward model: the head starts random, seeded by the stage)."""
     path = name_or_path or args.model_name_or_path
     key = "model_name_or_path" if name_or_path in (None, args.model_name_or_path) else "ref_model_name_or_path"
     check_model_path(path, key)
     kwargs = model_init_kwargs(args)
+    auto = AutoModelForSequenceClassification if reward_head else AutoModelForCausalLM
+    quiet = contextlib.nullcontext()
+    if reward_head:
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+        kwargs["num_labels"] = 1  # one scalar score per sequence
+        quiet = suppress_seqcls_warning()  # the new head and the unused LM head are meant: TRL says nothing either
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with quiet:
+            model = auto.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:  # no config or weights there, an unknown model type, an unreachable hub
         raise RecipeError(f"{key}: cannot load a model from {path!r}: {one_line(err)}") from None
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
@@ -142,8 +159,9 @@ def load_model(args: ModelArguments, name_or_path: str | None = None) -> PreTrai
     return model
 
 
-def lora_config(args: ModelArguments) -> Any:
-    """A peft LoraConfig when the recipe sets use_peft, else None."""
+def lora_config(args: ModelArguments, task_type: str = "CAUSAL_LM") -> Any:
+    """A peft LoraConfig when the recipe sets use_peft, else None. task_type SEQ_CLS (a reward model) also trains
+    and saves the score head in full."""
     if not args.use_peft:
         return None
     from peft import LoraConfig
@@ -155,5 +173,5 @@ def lora_config(args: ModelArguments) -> Any:
         target_modules=args.lora_target_modules or "all-linear",
         modules_to_save=args.lora_modules_to_save,
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )

@@ -55,7 +55,9 @@ from zephyr.recipe import RecipeError, read_yaml
 
 logger = logging.getLogger("zephyr.run")
 
-STAGES = ("tiny_model", "sft", "aif", "dpo", "eval")
+# In the order they run. The preference stages after dpo are alternatives to it (or additions: a reward model),
+# each reading pairs from AIF or a dataset (orpo needs no sft before it: it trains the base model).
+STAGES = ("tiny_model", "sft", "aif", "dpo", "orpo", "simpo", "kto", "rm", "eval")
 MARKER = "zephyr_stage.json"
 TINY_MODEL_FLAGS = {"hidden_size": "--hidden-size", "num_layers": "--num-layers", "seed": "--seed",
                     "tokenizer": "--tokenizer"}
@@ -304,9 +306,9 @@ def key_metrics(name: str, folder: Path) -> str:
         path = folder / file
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    if name in ("sft", "dpo"):
+    if name in TRAINING:
         r = read("all_results.json")
-        keys = ("train_loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins",
+        keys = ("train_loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_accuracy",
                 "train_tokens_per_second")
         return ", ".join(f"{k} {r[k]:.3g}" for k in keys if k in r)
     if name == "aif":

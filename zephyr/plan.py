@@ -7,10 +7,11 @@ the first one; `--dry-run` prints them. Hub ids are taken as they are: nothing h
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
 from typing import Any
 
-from zephyr.launch import LaunchSettings
+from zephyr.launch import TRAINING, LaunchSettings
 from zephyr.recipe import RecipeError, read_yaml
 
 # Keys whose values name a model, a dataset or a file (the last part of a dotted key).
@@ -22,16 +23,12 @@ FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow")
 
 def resolve(name: str, argv: list[str]) -> tuple[Any, ...]:
     """The stage's typed configs from recipe + overrides, exactly as the stage parses them."""
+    from zephyr.stages import TRAINING_STAGES
     from zephyr.stages.common import parse_stage_args
 
-    if name == "sft":
-        from zephyr.stages import sft
-
-        return parse_stage_args(argv, sft.CONFIG_CLASSES, "sft")
-    if name == "dpo":
-        from zephyr.stages import dpo
-
-        return parse_stage_args(argv, dpo.CONFIG_CLASSES, "dpo")
+    if name in TRAINING_STAGES:
+        stage = importlib.import_module(f"zephyr.stages.{name}")
+        return parse_stage_args(argv, stage.CONFIG_CLASSES, name)
     if name == "aif":
         from zephyr.aif.config import AIFConfig
 
@@ -92,7 +89,7 @@ def raw_keys(argv: list[str]) -> set[str]:
 
 def describe(name: str, configs: tuple[Any, ...], argv: list[str], launch: LaunchSettings | None) -> list[str]:
     """What the stage will do, one fact a line."""
-    if name in ("sft", "dpo"):
+    if name in TRAINING:
         model, data, train = configs
         processes = launch.processes() if launch else 1
         global_batch = train.per_device_train_batch_size * train.gradient_accumulation_steps * processes
@@ -113,9 +110,7 @@ def describe(name: str, configs: tuple[Any, ...], argv: list[str], launch: Launc
             f"epochs {train.num_train_epochs}" + (f", max_steps {train.max_steps}" if train.max_steps > 0 else ""),
             *data_lines(data),
         ]
-        if name == "dpo":
-            lines.append(f"reference: {reference_line(model, train)}; beta {train.beta}, loss {train.loss_type}")
-        return lines
+        return lines + objective_lines(name, model, train)
     (cfg,) = configs
     if name == "aif":
         lines = [f"prompts: {cfg.prompts.id} [{cfg.prompts.split}]"
@@ -149,6 +144,27 @@ def data_lines(data: Any) -> list[str]:
     return [f"data: {data.dataset_name} [train: {data.dataset_train_split}, no eval set ({why})]"]
 
 
+def objective_lines(name: str, model: Any, train: Any) -> list[str]:
+    """What a training stage optimizes, and against which reference."""
+    if name == "dpo":
+        return [f"reference: {reference_line(model, train)}; beta {train.beta}, loss {train.loss_type}"]
+    if name == "orpo":
+        return [f"no reference model: loss = NLL(chosen) + beta {train.beta} x odds-ratio loss (TRL experimental "
+                "ORPOTrainer)"]
+    if name == "simpo":
+        margin = f", simpo_gamma {train.simpo_gamma:g}" if train.loss_type == "simpo" else ""
+        return [f"no reference model: loss {train.loss_type}, beta {train.beta}{margin}, cpo_alpha {train.cpo_alpha} "
+                "(TRL experimental CPOTrainer)"]
+    if name == "kto":
+        return [f"reference: {reference_line(model, train)}; beta {train.beta}, loss {train.loss_type}, weights "
+                f"desirable {train.desirable_weight} / undesirable {train.undesirable_weight}",
+                "rows: unpaired (prompt, completion, label), or each pair split into a desirable and an undesirable row"]
+    if name == "rm":
+        return [f"reward model: {model.model_name_or_path} with a one-output score head; loss -log sigmoid(score "
+                "chosen - score rejected), eval_accuracy on the eval pairs"]
+    return []
+
+
 def reference_line(model: Any, train: Any) -> str:
     if model.use_peft and not model.ref_model_name_or_path:
         return "the base model with the LoRA adapter disabled (no second copy)"
@@ -159,7 +175,7 @@ def reference_line(model: Any, train: Any) -> str:
 
 
 def dry_run_stage(name: str, argv: list[str], launch: LaunchSettings | None = None) -> list[str]:
-    """`zephyr sft|dpo|aif|eval RECIPE [overrides] --dry-run`: resolve and check the recipe, print what the stage
+    """`zephyr STAGE RECIPE [overrides] --dry-run` (a training stage, aif or eval): resolve and check the recipe, print what the stage
     would do, load and run nothing. Local paths must exist (there is no earlier stage to write them)."""
     from zephyr.launch import stage_command
 

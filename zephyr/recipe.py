@@ -298,9 +298,10 @@ def load_recipe(
     """Read a YAML recipe, apply overrides (which win), translate legacy keys, build the config objects and check
     their values (zephyr/rules.py)."""
     source = str(path) if path else "command line"
-    values = translate_legacy_keys(read_yaml(path) if path else {}, stage=stage, source=source)
+    known = set().union(*(field_types(cls) for cls in classes))
+    values = translate_legacy_keys(read_yaml(path) if path else {}, stage=stage, source=source, known=known)
     extra = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
-    extra = translate_legacy_keys(extra, stage=stage, source="command line")
+    extra = translate_legacy_keys(extra, stage=stage, source="command line", known=known)
     check_known_keys({k.split(".")[0] for k in extra}, classes, "command line")
     values, extra = command_line_data_wins(values, extra)
     for key, value in extra.items():

@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 SFT_LOSS_TYPES = ("nll", "dft")
+# TRL 1.16 CPOConfig.loss_type (trl/experimental/cpo/cpo_config.py) and KTOConfig.loss_type (trl/trainer/kto_config.py),
+# copied because this module must not import TRL; tests/test_pref_stages.py compares them with TRL's own lists.
+CPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "simpo", "alphapo")
+KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # transformers 5.23 attention implementations (ALL_ATTENTION_FUNCTIONS plus eager); a hub kernel ("org/name") too.
 ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4",
@@ -100,7 +104,29 @@ RULES: tuple[Rule, ...] = (
          each_one_of(DPO_LOSS_TYPES), only_for=("DPOConfig",)),
     Rule("loss_type", f"one of {', '.join(SFT_LOSS_TYPES)} (TRL 1.16 SFT loss types)", one_of(SFT_LOSS_TYPES),
          only_for=("SFTConfig",)),
-    Rule("label_smoothing", "a number in [0, 0.5)", lambda v: 0 <= v < 0.5, only_for=("DPOConfig",)),
+    Rule("label_smoothing", "a number in [0, 0.5)", lambda v: 0 <= v < 0.5, only_for=("DPOConfig", "CPOConfig")),
+    # ORPO, SimPO/CPO, KTO, reward model
+    Rule("beta", "a number > 0 (lambda, the weight of the odds-ratio term; ORPO paper and handbook: 0.05 to 0.25)",
+         above(0), only_for=("ORPOConfig",)),
+    Rule("beta", "a number > 0 (the scale of the reward difference; SimPO: 2.0 to 2.5, CPO: 0.1)", above(0),
+         only_for=("CPOConfig",)),
+    Rule("loss_type", f"one of {', '.join(CPO_LOSS_TYPES)} (TRL 1.16 CPO loss types)", one_of(CPO_LOSS_TYPES),
+         only_for=("CPOConfig",)),
+    Rule("cpo_alpha", "a number >= 0 (the weight of the NLL term: 0 for SimPO, 1.0 for CPO)", at_least(0),
+         only_for=("CPOConfig",)),
+    Rule("simpo_gamma", "a margin >= 0, or null for gamma_beta_ratio x beta", or_null(at_least(0)),
+         only_for=("CPOConfig",)),
+    Rule("gamma_beta_ratio", "a number >= 0 (SimPO: 0.5 to 0.8)", at_least(0), only_for=("CPOConfig",)),
+    Rule("beta", "a number > 0 (the strength of the pull towards the reference; KTO paper: 0.1)", above(0),
+         only_for=("KTOConfig",)),
+    Rule("loss_type", f"one of {', '.join(KTO_LOSS_TYPES)} (TRL 1.16 KTO loss types)", one_of(KTO_LOSS_TYPES),
+         only_for=("KTOConfig",)),
+    Rule("desirable_weight", "a number > 0", above(0), only_for=("KTOConfig",)),
+    Rule("undesirable_weight", "a number > 0", above(0), only_for=("KTOConfig",)),
+    Rule("center_rewards_coefficient", "a number >= 0, or null for none", or_null(at_least(0)),
+         only_for=("RewardConfig",)),
+    Rule("model_init_kwargs", "null: zephyr loads the model itself, from the model keys (dtype, attn_implementation, "
+         "...)", lambda v: v is None, only_for=("ORPOConfig", "CPOConfig")),
     # model
     Rule("dtype", f"one of {', '.join(DTYPES)}", one_of(DTYPES), only_for=("ModelArguments",)),
     Rule("attn_implementation", f"null or one of {', '.join(ATTENTION)}, or a hub kernel such as "
@@ -186,6 +212,19 @@ def check_together(cls: type, kwargs: dict[str, Any]) -> tuple[str, str] | None:
         if weights is not None and len(weights) != len(losses):
             return "loss_weights", (f"key 'loss_weights': expected {len(losses)} weight(s), one per loss_type "
                                     f"{losses}, got {weights}")
+    if "CPOConfig" in class_names(cls) and kwargs.get("simpo_gamma") is not None and "gamma_beta_ratio" in kwargs:
+        return "simpo_gamma", ("keys 'simpo_gamma' and 'gamma_beta_ratio': two spellings of one margin "
+                               "(simpo_gamma = gamma_beta_ratio x beta): set one")
+    if "KTOConfig" in class_names(cls) and value_or_default(cls, kwargs, "loss_type") == "kto":
+        # TRL estimates KTO's KL term from each row's neighbours in a fixed-order batch
+        sampling = str(value_or_default(cls, kwargs, "train_sampling_strategy"))
+        if sampling != "sequential":
+            return "train_sampling_strategy", ("key 'train_sampling_strategy': expected sequential with loss_type "
+                                               f"kto (its KL estimate pairs each row with its batch neighbours), got "
+                                               f"{sampling!r}")
+        if value_or_default(cls, kwargs, "per_device_train_batch_size") < 2:
+            return "per_device_train_batch_size", ("key 'per_device_train_batch_size': expected 2 or more with "
+                                                   "loss_type kto (its KL estimate needs other rows in the batch)")
     return None
 
 

@@ -1,7 +1,7 @@
 """`zephyr sweep SWEEP.yaml`: hyperparameter search over any recipe key, on an Optuna study.
 
     base: recipes/tiny/dpo.yaml          # the stage recipe every trial starts from
-    stage: dpo                           # sft, dpo, aif or eval
+    stage: dpo                           # a training stage (sft, dpo, orpo, simpo, kto, rm), aif or eval
     output_dir: outputs/sweeps/tiny-dpo  # trial-<n>/ folders, study.db, summary
     space:                               # any recipe key (dotted for nested ones)
       beta: {choices: [0.05, 0.1, 0.3]}
@@ -66,7 +66,8 @@ class Pruning:
 @dataclass
 class SweepConfig:
     base: str = field(metadata={"help": "The stage recipe every trial starts from."})
-    stage: Literal["sft", "dpo", "aif", "eval"] = field(metadata={"help": "Which stage a trial runs."})
+    stage: Literal["sft", "dpo", "orpo", "simpo", "kto", "rm", "aif", "eval"] = field(
+        metadata={"help": "Which stage a trial runs."})
     output_dir: str = field(metadata={"help": "Trial folders, the study database and the summary go here."})
     space: dict[str, Any] = field(metadata={"help": "key: {choices: [...]} or {low, high, log, int}."})
     objective: Objective = field(metadata={"help": "What to optimize."})

@@ -38,8 +38,8 @@ from zephyr.data.cache import (
 )
 from zephyr.data.decontamination import Decontaminator, read_benchmark_prompts
 from zephyr.data.loading import DataError, load_source, mixture_sources, take_weight
-from zephyr.data.schemas import Kind, RowError, canonical_features, convert_row, detect_schema
-from zephyr.data.validation import preference_problem, sft_problem
+from zephyr.data.schemas import Kind, RowError, canonical_features, convert_row, detect_schema, row_kind
+from zephyr.data.validation import preference_problem, sft_problem, unpaired_problem
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 # tokenizing runs at ~500 conversations/s per process.
 ROWS_PER_PROCESS = {"convert": 10_000, "tokenize": 500}
 PROBLEM, NOT_UTF8 = "__zephyr_problem", "__zephyr_not_utf8"  # per-row results of the validation map
+ROW_CHECKS: dict[str, Callable[[dict], str | None]] = {
+    "sft": sft_problem, "preference": preference_problem, "unpaired": unpaired_problem}
 UNMASKED = "__zephyr_unmasked"  # a row whose assistant-token mask is all 0
 
 
@@ -97,12 +99,13 @@ def canonical_rows(ds: Dataset, source: DatasetSource, kind: Kind, policy: str, 
         raise DataError(f"{name}: {err}") from None
     if len(ds) == 0:
         raise DataError(f"{name}: the dataset has no rows")
+    kind = row_kind(kind, schema)
     features = canonical_features(kind)
     checked = ds.with_format("arrow").map(
         _convert_batch,
         batched=True,
-        fn_kwargs={"schema": schema, "check": sft_problem if kind == "sft" else preference_problem,
-                   "columns": list(features), "source_features": ds.features},
+        fn_kwargs={"schema": schema, "check": ROW_CHECKS[kind], "columns": list(features),
+                   "source_features": ds.features},
         remove_columns=ds.column_names,
         features=Features({**features, PROBLEM: Value("string"), NOT_UTF8: Value("string")}),
         num_proc=processes(num_proc, len(ds), "convert"),
@@ -198,6 +201,10 @@ def split_sets(args: DataArguments, kind: Kind, report: DataReport, loaded: list
     for i, (source, raw) in enumerate(loaded):
         cache_file = work / f"source-{i}.arrow" if work is not None else None
         ds = canonical_rows(raw, source, kind, args.invalid_rows, report, num_proc, cache_file)
+        if kind == "unpaired" and "chosen" in ds.column_names:
+            ds = unpair(ds, seed)
+            logger.info("%s: each of %d pairs split into a desirable and an undesirable row", source_name(source),
+                        len(ds) // 2)
         parts[source.role].append(take_weight(ds, source.weight, seed) if source.role == "train" else ds)
     if not parts["train"]:
         raise DataError("no training source: at least one dataset must have role train")
@@ -209,6 +216,22 @@ def split_sets(args: DataArguments, kind: Kind, report: DataReport, loaded: list
         train, carved = split["train"], split["test"]
         test = concatenate_datasets([test, carved]) if test is not None else carved
     return train, test
+
+
+def _unpair_batch(batch: dict[str, list]) -> dict[str, list]:
+    n = len(batch["prompt"])
+    return {"prompt": batch["prompt"] * 2, "completion": batch["chosen"] + batch["rejected"],
+            "label": [True] * n + [False] * n}
+
+
+def unpair(ds: Dataset, seed: int) -> Dataset:
+    """Canonical pairs as unpaired rows: each pair gives (prompt, chosen, desirable) and (prompt, rejected,
+    undesirable); no row is dropped. Shuffled with the mixture's seed, eval rows too: a batch then holds both labels
+    (and so does the first max_eval_samples rows), and KTO's KL estimate, which pairs each row with its neighbour's
+    completion, almost never pairs a prompt with one of its own answers."""
+    rows = ds.map(_unpair_batch, batched=True, remove_columns=ds.column_names,
+                  features=canonical_features("unpaired"), desc="Splitting pairs into unpaired rows")
+    return rows.shuffle(seed=seed)
 
 
 def load_split_sets(args: DataArguments, kind: Kind, report: DataReport,
@@ -262,10 +285,11 @@ def _length_batch(batch: dict[str, list], tokenizer, kind: Kind) -> dict[str, li
         full = [len(ids) for ids in _batch_ids(tokenizer, batch["messages"])]
         return {"full": full, "prompt": [0] * len(full)}
     prompts = batch["prompt"]
+    answers = ("completion",) if kind == "unpaired" else ("chosen", "rejected")
     sides = [[len(ids) for ids in _batch_ids(tokenizer, [p + a for p, a in zip(prompts, batch[side], strict=True)])]
-             for side in ("chosen", "rejected")]
+             for side in answers]
     prompt = [len(ids) for ids in _batch_ids(tokenizer, prompts, add_generation_prompt=True)]
-    return {"full": [max(c, r) for c, r in zip(*sides, strict=True)], "prompt": prompt}
+    return {"full": [max(lengths) for lengths in zip(*sides, strict=True)], "prompt": prompt}
 
 
 def token_lengths(ds: Dataset, tokenizer, kind: Kind, num_proc: int | None = None) -> tuple[list[int], list[int]]:

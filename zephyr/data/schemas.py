@@ -1,7 +1,9 @@
 """Recognise the dataset schemas users bring (REFERENCE.md 2) and convert each row to one canonical form.
 
 SFT rows become {"messages": [...]}; preference rows become TRL's explicit conversational form
-{"prompt": [...], "chosen": [assistant message], "rejected": [assistant message]}.
+{"prompt": [...], "chosen": [assistant message], "rejected": [assistant message]}; unpaired rows (KTO) become
+{"prompt": [...], "completion": [assistant message], "label": bool}. A source of pairs read as unpaired rows is
+converted as pairs, then split in two (zephyr/data/pipeline.py `unpair`).
 """
 
 from __future__ import annotations
@@ -10,15 +12,23 @@ from typing import Any, Literal
 
 from datasets import Features, List, Value
 
-Kind = Literal["sft", "preference"]
+Kind = Literal["sft", "preference", "unpaired"]
+PAIR_SCHEMAS = ("explicit_prompt", "implicit_prompt")
 
 MESSAGES = List({"role": Value("string"), "content": Value("string")})
 
 
 def canonical_features(kind: Kind) -> Features:
     """The columns of a canonical row, as `convert_row` returns it (in that order)."""
+    if kind == "unpaired":
+        return Features({"prompt": MESSAGES, "completion": MESSAGES, "label": Value("bool")})
     columns = ("messages",) if kind == "sft" else ("prompt", "chosen", "rejected")
     return Features({column: MESSAGES for column in columns})
+
+
+def row_kind(kind: Kind, schema: str) -> Kind:
+    """The canonical form a source's rows are converted to: pairs stay pairs until they are split."""
+    return "preference" if kind == "unpaired" and schema in PAIR_SCHEMAS else kind
 
 
 class RowError(ValueError):
@@ -41,6 +51,8 @@ def detect_schema(columns: list[str], kind: Kind) -> str:
             f"columns {sorted(cols)} match no SFT schema: expected 'messages' (UltraChat), 'instruction'/'output' "
             "(Alpaca) or 'prompt'/'completion'"
         )
+    if kind == "unpaired" and {"prompt", "completion", "label"} <= cols:
+        return "unpaired"
     if {"chosen", "rejected"} <= cols:
         return "explicit_prompt" if "prompt" in cols else "implicit_prompt"
     if {"instruction", "completions"} <= cols:
@@ -48,9 +60,10 @@ def detect_schema(columns: list[str], kind: Kind) -> str:
             "this is raw UltraFeedback (instruction + rated completions): binarize it first with `zephyr binarize "
             "--source DATASET --output_dir DIR` (then dataset_name: DIR), or use a binarized version (chosen/rejected)"
         )
+    unpaired = "; or 'prompt', 'completion' and 'label' (TRL's unpaired format)" if kind == "unpaired" else ""
     raise RowError(
         f"columns {sorted(cols)} match no preference schema: expected 'chosen' and 'rejected' (with or without "
-        "'prompt'), as in ultrafeedback_binarized or TRL's preference formats"
+        f"'prompt'), as in ultrafeedback_binarized or TRL's preference formats{unpaired}"
     )
 
 
@@ -76,8 +89,10 @@ def convert_row(row: dict[str, Any], schema: str) -> dict[str, Any]:
             else [_msg("assistant", _text(completion, "completion"))]
         )
         return {"messages": prompt + completion}
-    if schema in ("explicit_prompt", "implicit_prompt"):
+    if schema in PAIR_SCHEMAS:
         return _preference(row)
+    if schema == "unpaired":
+        return _unpaired(row)
     raise RowError(f"unknown schema {schema!r}")
 
 
@@ -101,6 +116,17 @@ def _preference(row: dict[str, Any]) -> dict[str, Any]:
     if isinstance(prompt, str) and prompt.strip() and chosen[-2]["content"].strip() != prompt.strip():
         raise RowError("'prompt' differs from the last user message of 'chosen'")
     return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
+
+
+def _unpaired(row: dict[str, Any]) -> dict[str, Any]:
+    """TRL's unpaired format, standard (strings) or conversational (message lists)."""
+    prompt, completion, label = row.get("prompt"), row.get("completion"), row.get("label")
+    if not isinstance(label, bool):
+        raise RowError(f"'label' must be true (desirable) or false (undesirable), got {label!r}")
+    prompt = _messages(prompt, "prompt") if isinstance(prompt, list) else [_msg("user", _text(prompt, "prompt"))]
+    completion = (_messages(completion, "completion") if isinstance(completion, list)
+                  else [_msg("assistant", _text(completion, "completion"))])
+    return {"prompt": prompt, "completion": completion, "label": label}
 
 
 def _messages(value: Any, name: str) -> list[dict[str, str]]:

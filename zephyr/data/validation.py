@@ -47,3 +47,15 @@ def preference_problem(row: dict[str, Any]) -> str | None:
     if row["chosen"][0]["content"].strip() == row["rejected"][0]["content"].strip():
         return "chosen is identical to rejected"
     return None
+
+
+def unpaired_problem(row: dict[str, Any]) -> str | None:
+    problem = conversation_problem(row["prompt"], must_end_with="user")
+    if problem:
+        return f"prompt: {problem}"
+    answer = row["completion"]
+    if len(answer) != 1 or answer[0]["role"] != "assistant":
+        return "completion must be exactly one assistant message"
+    if not answer[0]["content"].strip():
+        return "completion: empty content"
+    return None

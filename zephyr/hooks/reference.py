@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +25,11 @@ HASH_MODULE = declare(PrivateHook(
     "TRL keys its reference cache with this module-level function (called once in DPOTrainer.__init__) and "
     "takes no hash function as an argument; its SHA-256 of every weight widened to fp32 costs seconds per "
     "billion parameters (fast_module_hash)."))
+KTO_HASH_MODULE = declare(PrivateHook(
+    "trl.trainer.kto_trainer", "hash_module", "patch", ("module",),
+    "KTOTrainer.__init__ keys its cache of precomputed reference log-probs the same way, with its own import of "
+    "the function (fast_module_hash)."))
+HASH_HOOKS = {"dpo_trainer": HASH_MODULE, "kto_trainer": KTO_HASH_MODULE}
 
 
 ATTN_IMPLEMENTATION = declare(PrivateHook(
@@ -63,25 +69,27 @@ def fast_module_hash(module: torch.nn.Module) -> str:
 
 
 @contextlib.contextmanager
-def trl_reference_hash(hash_fn: Callable[[torch.nn.Module], str] | None = None) -> Iterator[None]:
-    """While a DPOTrainer is built, make it key its precomputed reference log-probs with `hash_fn`.
+def trl_reference_hash(hash_fn: Callable[[torch.nn.Module], str] | None = None,
+                       trainer: str = "dpo_trainer") -> Iterator[None]:
+    """While a DPOTrainer (or, with trainer="kto_trainer", a KTOTrainer) is built, make it key its precomputed
+    reference log-probs with `hash_fn`.
 
-    `trl.trainer.dpo_trainer.hash_module` is called in `DPOTrainer.__init__` (TRL 1.16) and read by nothing else;
+    `trl.trainer.<trainer>.hash_module` is called in the trainer's `__init__` (TRL 1.16) and read by nothing else;
     the key only names a cache file, so swapping the hash changes no result."""
-    from trl.trainer import dpo_trainer
-
+    hook = HASH_HOOKS[trainer]
+    module = importlib.import_module(hook.owner)
     chosen = hash_fn or fast_module_hash
 
-    def counted(module: torch.nn.Module) -> str:
-        used(HASH_MODULE)
-        return chosen(module)
+    def counted(weights: torch.nn.Module) -> str:
+        used(hook)
+        return chosen(weights)
 
-    original = dpo_trainer.hash_module
-    dpo_trainer.hash_module = counted
+    original = module.hash_module
+    module.hash_module = counted
     try:
         yield
     finally:
-        dpo_trainer.hash_module = original
+        module.hash_module = original
 
 
 # Fields of the DPO config (TrainingArguments + DPOConfig + ZephyrDPOConfig) known NOT to change the reference

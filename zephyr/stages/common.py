@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from datasets import Dataset
 from transformers import set_seed
 
 from zephyr.checkpointing import checkpoints, last_complete_checkpoint, remove_leftovers
+from zephyr.configs import DataArguments
+from zephyr.data import prepare_datasets
+from zephyr.data.pipeline import DataReport
+from zephyr.data.schemas import Kind
 from zephyr.errors import RecipeError
 from zephyr.logs import configure_logging
 from zephyr.preflight import check_machine
@@ -120,6 +125,15 @@ def save_run_files(output_dir: str, stage: str, configs: tuple[Any, ...], metric
         "",
     ]
     (out / "README.md").write_text("\n".join(lines))
+
+
+def prepared_data(data_args: DataArguments, training_args: Any, kind: Kind, tokenizer: Any,
+                  **options: Any) -> tuple[Dataset, Dataset | None, DataReport]:
+    """prepare_datasets for a training stage: rows checked against its max_length, in its dataset_num_proc
+    processes. One process prepares (and caches); the others, let in after it, read what it wrote."""
+    with training_args.main_process_first(desc="data preparation"):
+        return prepare_datasets(data_args, kind, tokenizer, training_args.max_length,
+                                num_proc=training_args.dataset_num_proc, **options)
 
 
 def build_eval_checked(build_trainer: Callable[..., tuple[Any, Any, Any]], model_args: Any, data_args: Any,

@@ -16,7 +16,6 @@ from filelock import FileLock
 from trl import DPOTrainer
 
 from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig
-from zephyr.data import prepare_datasets
 from zephyr.data.cache import content_digest
 from zephyr.hooks import (
     ReferencePassHooks,
@@ -25,16 +24,16 @@ from zephyr.hooks import (
     model_identity,
     reference_pass_settings,
 )
-from zephyr.modeling import load_model, load_tokenizer, lora_config
 from zephyr.packing import PackedForward, SharedPromptForward
 from zephyr.stages.common import train_stage
-from zephyr.stages.reliability import ReliableTrainerMixin, SeededLengthGroupedSampler, data_seed
+from zephyr.stages.preference import PairLengthGrouping, build_preference_trainer, load_reference
+from zephyr.stages.reliability import ReliableTrainerMixin
 
 CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrDPOConfig)
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # a tokenized preference row
 
 
-class ZephyrDPOTrainer(ReliableTrainerMixin, ReferencePassHooks, DPOTrainer):
+class ZephyrDPOTrainer(PairLengthGrouping, ReliableTrainerMixin, ReferencePassHooks, DPOTrainer):
     """TRL's DPOTrainer whose on-disk cache of precomputed reference log-probs survives unrelated changes, with
     clean stops, a non-finite guard, atomic checkpoints and exact resume (zephyr/stages/reliability.py).
 
@@ -48,6 +47,7 @@ class ZephyrDPOTrainer(ReliableTrainerMixin, ReferencePassHooks, DPOTrainer):
     """
 
     REFERENCE_STATS = "reference_logps.json"
+    PAIR_COLUMNS, PROMPT_COLUMN = ("chosen_ids", "rejected_ids"), "prompt_ids"
     reference_batches_computed = 0  # batches of the reference pass run by this process (not read from the cache)
 
     @property
@@ -135,47 +135,10 @@ class ZephyrDPOTrainer(ReliableTrainerMixin, ReferencePassHooks, DPOTrainer):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({**stats, split: entry}, indent=2))
 
-    def train_sampler(self, train_dataset, default):
-        # transformers' length grouping reads an `input_ids` or `length` column; a tokenized preference row has
-        # neither (prompt_ids, chosen_ids, rejected_ids), so give it the pair's longest sequence.
-        if self.args.train_sampling_strategy == "group_by_length" and self.train_dataset is not None:
-            ds = self.train_dataset
-            lengths = [len(p) + max(len(c), len(r))
-                       for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True)]
-            return SeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                              lengths, data_seed(self.args))
-        return super().train_sampler(train_dataset, default)
-
-
-def load_reference(model_args: ModelArguments, training_args: ZephyrDPOConfig):
-    """The frozen reference. With LoRA: None (TRL disables the adapter: the base is the reference, no copy).
-    With precomputed log-probs and no explicit reference: None (TRL scores with the policy before training)."""
-    if model_args.ref_model_name_or_path:
-        ref = load_model(model_args, model_args.ref_model_name_or_path)
-    elif model_args.use_peft or training_args.precompute_ref_log_probs:
-        return None
-    else:
-        ref = load_model(model_args)
-    # TRL only runs it under no_grad; freezing it too means no code path can ever give it gradients.
-    return ref.eval().requires_grad_(False)
-
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: ZephyrDPOConfig):
-    tokenizer = load_tokenizer(model_args)
-    # One process prepares (and caches); the others, let in after it, read what it wrote.
-    with training_args.main_process_first(desc="data preparation"):
-        train_ds, eval_ds, report = prepare_datasets(data_args, "preference", tokenizer, training_args.max_length,
-                                                     num_proc=training_args.dataset_num_proc)
-    trainer = ZephyrDPOTrainer(
-        model=load_model(model_args),
-        ref_model=load_reference(model_args, training_args),
-        args=training_args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=lora_config(model_args),
-    )
-    return trainer, tokenizer, report
+    return build_preference_trainer(ZephyrDPOTrainer, model_args, data_args, training_args,
+                                    ref_model=load_reference(model_args, training_args.precompute_ref_log_probs))
 
 
 def main(argv: list[str]) -> dict:

@@ -6,11 +6,10 @@ from trl import SFTTrainer
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from zephyr.configs import DataArguments, ModelArguments, ZephyrSFTConfig
-from zephyr.data import prepare_datasets
 from zephyr.data.pipeline import ChatTokenization
 from zephyr.hooks import fast_lm_head
 from zephyr.modeling import load_model, load_tokenizer, lora_config
-from zephyr.stages.common import train_stage
+from zephyr.stages.common import prepared_data, train_stage
 from zephyr.stages.reliability import ReliableTrainerMixin
 
 CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrSFTConfig)
@@ -44,12 +43,8 @@ def trainer_tokenization(tokenizer, args: ZephyrSFTConfig) -> ChatTokenization |
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: ZephyrSFTConfig):
     tokenizer = load_tokenizer(model_args)
-    # One process prepares (and caches); the others, let in after it, read what it wrote.
-    with training_args.main_process_first(desc="data preparation"):
-        train_ds, eval_ds, report = prepare_datasets(
-            data_args, "sft", tokenizer, training_args.max_length, num_proc=training_args.dataset_num_proc,
-            tokenization=trainer_tokenization(tokenizer, training_args),
-        )
+    train_ds, eval_ds, report = prepared_data(data_args, training_args, "sft", tokenizer,
+                                              tokenization=trainer_tokenization(tokenizer, training_args))
     trainer = ZephyrSFTTrainer(
         model=load_model(model_args),
         args=training_args,
