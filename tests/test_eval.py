@@ -116,6 +116,57 @@ def test_callable_grader_on_hand_made_answers():
     assert grader.pairwise([(conv, "2 + 3 = 5.", "2 + 3 = 6."), (conv, "2 + 3 = 6.", "2 + 3 = 6.")]) == [1.0, 0.5]
 
 
+def test_reward_model_grader_scores_the_conversation_and_compares_by_score(tiny_dir, tmp_path):
+    """judge: {type: reward_model} (e.g. what `zephyr rm` trains): the grade is the model's score of the whole
+    conversation with the answer, and a pairwise verdict is the higher score, in both orders."""
+    import torch
+    from transformers import AutoTokenizer, MistralConfig, MistralForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir / "model")
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    MistralForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    grader = Grader(JudgeConfig(type="reward_model", model=str(tmp_path / "rm")))
+    conv = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "Five."},
+            {"role": "user", "content": "And 2 + 4?"}]
+    got = grader.single([(conv, "2 + 4 = 6.", None), (conv, "2 + 4 = 7.", None)])
+    model = MistralForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    want = []
+    for answer in ("2 + 4 = 6.", "2 + 4 = 7."):
+        text = tok.apply_chat_template([*conv, {"role": "assistant", "content": answer}], tokenize=False)
+        with torch.no_grad():
+            want.append(model(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item())
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6) and got[0] != got[1]
+    better = 1.0 if want[0] > want[1] else 0.0
+    assert grader.pairwise([(conv, "2 + 4 = 6.", "2 + 4 = 7.")]) == [better]
+
+
+def test_each_later_round_is_compared_with_the_round_before():
+    from zephyr.evaluation.config import EvalConfig
+    from zephyr.evaluation.questions import Question
+    from zephyr.evaluation.runner import previous_round, summarize, table
+    from zephyr.recipe import build_configs
+
+    names = ["sft", "dpo", "dpo_r2", "dpo_r3"]
+    assert [previous_round(n, names) for n in names] == [None, None, "dpo", "dpo_r2"]
+    assert previous_round("dpo_r2", ["sft", "dpo_r2"]) is None  # nothing to compare with
+    (cfg,) = build_configs({"questions": "q.jsonl", "models": [{"name": n, "model": n} for n in names],
+                            "judge": {"type": "callable", "callable": "m:f"}, "output_dir": "o", "baseline": "sft",
+                            "bootstrap_samples": 200}, (EvalConfig,))
+    questions = [Question(f"q{i}", [f"turn {i}"], "math") for i in range(4)]
+    grades = {"sft": [1, 2, 3, 4], "dpo": [2, 3, 4, 5], "dpo_r2": [4, 5, 6, 7], "dpo_r3": [4, 5, 6, 7]}
+    grades = {n: {f"q{i}": [float(g)] for i, g in enumerate(gs)} for n, gs in grades.items()}
+    results = summarize(cfg, questions, grades, None, None)
+    r2, r3 = results["models"]["dpo_r2"], results["models"]["dpo_r3"]
+    assert r2["score_minus_previous_round"] == {"mean": 2.0, "ci_low": 2.0, "ci_high": 2.0, "n": 4,
+                                                "excludes_zero": True, "previous": "dpo", "questions": 4}
+    assert r3["score_minus_previous_round"]["mean"] == 0.0 and not r3["score_minus_previous_round"]["excludes_zero"]
+    assert "score_minus_previous_round" not in results["models"]["dpo"]
+    assert "dpo_r2 - dpo +2.00 [+2.00, +2.00]; dpo_r3 - dpo_r2 +0.00 [+0.00, +0.00]" in table(results)
+
+
 # ------------------------------------------------------------------------------------------ question files
 def test_question_file_errors(tmp_path):
     path = tmp_path / "q.jsonl"

@@ -178,3 +178,38 @@ def test_forced_rerun_killed_midway_resumes_its_own_checkpoints_not_the_old_runs
     assert f"resuming from {root / 'sft' / 'checkpoint-4'}" in log
     assert "stage aif: starting" in log and "stage dpo: starting" in log  # what follows dSFT is redone
     assert_same(outputs(root), outputs(ref_root))
+
+
+def test_a_reward_model_judges_aif_and_a_second_round_trains_the_newest_policy(reference, tmp_path):
+    """The finished run, extended: a reward model (zephyr rm) trained on the shipped pairs before AIF becomes AIF's
+    judge, and `rounds: 2` adds a round whose AIF samples round 1's policy and whose dDPO trains it; the eval
+    then compares both rounds. dSFT is reused; what its inputs changed is redone."""
+    pipeline, ref_root, _ = reference
+    work = tmp_path / "run"
+    shutil.copytree(ref_root, work)
+    spec = yaml.safe_load(pipeline.read_text())
+    rm = {"recipe": str(REPO / "recipes" / "tiny" / "rm.yaml"), "overrides": {
+        "model_name_or_path": "${root}/sft", "dataset_name": "${root}/data/prefs", "output_dir": "${root}/rm",
+        "max_train_samples": 128, "num_train_epochs": 1, "eval_strategy": "no", "save_strategy": "no"}}
+    stages = dict(spec["stages"])
+    stages["aif"]["overrides"].update({"judge.type": "reward_model", "judge.model": "${root}/rm",
+                                       "judge.callable": None})
+    spec["stages"] = {"sft": stages["sft"], "rm": rm, **{k: v for k, v in stages.items() if k != "sft"}}
+    spec["rounds"] = 2
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    ran = run_pipeline(path, root=str(work))["seconds"]
+    assert list(ran) == ["rm", "aif", "dpo", "aif_r2", "dpo_r2", "eval"]  # tiny_model and sft were complete
+    for aif in (work / "aif", work / "round2" / "aif"):
+        raw = [json.loads(x) for x in (aif / "raw.jsonl").read_text().splitlines()]
+        rewards = [c["judgment"]["reward"] for r in raw for c in r["completions"]]
+        assert len(set(rewards)) > 1 and json.loads((aif / "summary.json").read_text())["pairs"] > 0
+    recipe = yaml.safe_load((work / "round2" / "dpo" / "zephyr_recipe.yaml").read_text())
+    assert (recipe["model_name_or_path"], recipe["dataset_name"]) == (str(work / "dpo"), str(work / "round2" / "aif"))
+    one, two = load_file(work / "dpo" / "model.safetensors"), load_file(work / "round2" / "dpo" / "model.safetensors")
+    assert any(not torch.equal(one[k], two[k]) for k in one)  # round 2 trained on
+    results = json.loads((work / "eval" / "results.json").read_text())
+    assert list(results["models"]) == ["sft", "dpo", "dpo_r2"]
+    assert results["models"]["dpo_r2"]["score_minus_previous_round"]["previous"] == "dpo"
+    assert run_pipeline(path, root=str(work))["seconds"] == {}  # all complete

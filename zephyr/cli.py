@@ -1,6 +1,7 @@
 """The `zephyr` command: one subcommand per stage, plus tools.
 
-    zephyr run PIPELINE.yaml|DIR [--from STAGE | --only STAGE] [--seed N] [--root DIR] [--launch CFG] [--dry-run]
+    zephyr run PIPELINE.yaml|DIR [--from STAGE | --only STAGE] [--seed N] [--root DIR] [--rounds N] [--launch CFG]
+               [--dry-run]
     zephyr sft RECIPE.yaml [--key value | key=value ...] [--accelerate-config CFG]
     zephyr aif RECIPE.yaml [overrides] [--shard i/n] [--rebinarize]
     zephyr dpo RECIPE.yaml [overrides] [--accelerate-config CFG]
@@ -168,7 +169,7 @@ def _merge(argv: list[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "run": (lazy_stage("zephyr.pipeline"), "the whole recipe: dSFT -> AIF -> dDPO -> eval (PIPELINE [--from S | --only S] [--seed N] [--launch CFG] [--dry-run])"),
+    "run": (lazy_stage("zephyr.pipeline"), "the whole recipe: dSFT -> AIF -> dDPO -> eval (PIPELINE [--from S | --only S] [--seed N] [--rounds N] [--launch CFG] [--dry-run])"),
     "sft": (lazy_stage("zephyr.stages.sft"), "dSFT: supervised fine-tuning on chat data (RECIPE [overrides])"),
     "aif": (lazy_stage("zephyr.stages.aif"), "AIF: generate answers, judge them, binarize into pairs (RECIPE [overrides] [--rebinarize])"),
     "dpo": (lazy_stage("zephyr.stages.dpo"), "dDPO: preference optimization against the frozen dSFT model (RECIPE [overrides])"),

@@ -12,6 +12,9 @@ and `${seed}` in override values are replaced by the pipeline's values, so one f
       dpo:  {recipe: recipes/tiny/dpo.yaml, overrides: {...}}
       eval: {recipe: recipes/tiny/eval.yaml, overrides: {...}}
 
+Stages run in the order of STAGES below. `rounds: N` (or `--rounds N`) repeats AIF and dDPO on the newest
+policy, each round in its own folders, before the eval (zephyr/rounds.py).
+
 Every stage runs as its own process (`zephyr/launch.py`), its full log in `<stage output>/stage.log` while the
 terminal shows it. Training stages take launch settings: `launch: {accelerate_config: zero3, num_processes: 8}`
 at the top of the file (all training stages) or in a stage, or `zephyr run PIPELINE --launch CONFIG`; the
@@ -28,6 +31,7 @@ and exits; `kill -9` of `zephyr run` takes the stage and its ranks down with it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -52,12 +56,14 @@ from zephyr.launch import (
     visible_gpus,
 )
 from zephyr.recipe import RecipeError, read_yaml
+from zephyr.rounds import Rounds, add_rounds, eval_models_override
 
 logger = logging.getLogger("zephyr.run")
 
-# In the order they run. The preference stages after dpo are alternatives to it (or additions: a reward model),
-# each reading pairs from AIF or a dataset (orpo needs no sft before it: it trains the base model).
-STAGES = ("tiny_model", "sft", "aif", "dpo", "orpo", "simpo", "kto", "rm", "eval")
+# In the order they run, whatever the order in the file (a file written by yaml.safe_dump has its keys sorted).
+# A reward model (rm) comes before aif, whose `judge: reward_model` may read it; the preference stages after dpo
+# are alternatives to it (orpo needs no sft before it).
+STAGES = ("tiny_model", "sft", "rm", "aif", "dpo", "orpo", "simpo", "kto", "eval")
 MARKER = "zephyr_stage.json"
 TINY_MODEL_FLAGS = {"hidden_size": "--hidden-size", "num_layers": "--num-layers", "seed": "--seed",
                     "tokenizer": "--tokenizer"}
@@ -82,16 +88,18 @@ def as_override(key: str, value: Any) -> str:
     return f"{key}={text}"
 
 
-def load_pipeline(path: str | Path, root: str | None = None, seed: int | None = None) -> dict[str, Any]:
+def load_pipeline(path: str | Path, root: str | None = None, seed: int | None = None,
+                  rounds: int | None = None) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "pipeline.yaml"
     if not path.is_file():
         raise RecipeError(f"{path}: no such pipeline file")
     spec = read_yaml(path)
-    unknown = set(spec) - {"root", "seed", "tiny_model", "stages", "launch"}
+    unknown = set(spec) - {"root", "seed", "tiny_model", "stages", "launch", "rounds"}
     if unknown:
-        raise RecipeError(f"{path}: unknown keys {sorted(unknown)} (expected root, seed, tiny_model, launch, stages)")
+        raise RecipeError(f"{path}: unknown keys {sorted(unknown)} (expected root, seed, tiny_model, launch, rounds, "
+                          "stages)")
     variables = {"root": root or spec.get("root", "outputs"), "seed": seed if seed is not None else spec.get("seed", 42)}
     stages = spec.get("stages") or {}
     bad = set(stages) - set(STAGES)
@@ -119,12 +127,27 @@ def load_pipeline(path: str | Path, root: str | None = None, seed: int | None = 
                           # what the stage's hash reads: the overrides with ${root} left as it is
                           "identity": render(stage.get("overrides") or {}, {**variables, "root": "${root}"}),
                           "launch": launch}
+    order = [s for s in STAGES if s in resolved]
+    repeat = Rounds.parse(spec.get("rounds") if rounds is None else {**as_mapping(spec.get("rounds")),
+                                                                      "count": rounds}, f"{path}")
+    later = add_rounds(resolved, repeat, str(path))
+    if later:  # the later rounds run before the eval, which then compares every round
+        at = order.index("eval") if "eval" in order else len(order)
+        order[at:at] = later
+        if "eval" in resolved:
+            resolved["eval"]["identity"] = {**resolved["eval"]["identity"], "rounds": dataclasses.asdict(repeat)}
     tiny = render(spec.get("tiny_model"), variables) if spec.get("tiny_model") is not None else None
     if tiny is not None and set(tiny) - set(TINY_MODEL_FLAGS):
         raise RecipeError(f"{path}: tiny_model: unknown keys {sorted(set(tiny) - set(TINY_MODEL_FLAGS))} "
                           f"(expected {sorted(TINY_MODEL_FLAGS)})")
     launch = LaunchSettings.parse(render(spec.get("launch"), variables), str(path))
-    return {"path": str(path), "vars": variables, "tiny_model": tiny, "stages": resolved, "launch": launch}
+    return {"path": str(path), "vars": variables, "tiny_model": tiny, "stages": resolved, "order": order,
+            "launch": launch, "rounds": repeat}
+
+
+def as_mapping(value: Any) -> dict[str, Any]:
+    """`rounds: 2` as {count: 2}, so that --rounds can replace the count and keep the reference."""
+    return value if isinstance(value, dict) else {} if value is None else {"count": value}
 
 
 def stage_hash(stage: dict[str, Any], legacy: bool = False) -> str:
@@ -163,6 +186,10 @@ class Step:
     legacy_digest: str  # the hash zephyr 0.1 wrote: a run it finished is not redone
     lines: list[str] = field(default_factory=list)  # what it will do (for --dry-run)
     env: dict[str, str] = field(default_factory=dict)  # environment additions (secrets travel here, not in argv)
+    kind: str = ""  # the stage it runs (a later round's dpo_r2 runs dpo); default: its name
+
+    def __post_init__(self) -> None:
+        self.kind = self.kind or self.name
 
     @property
     def log(self) -> Path:
@@ -202,39 +229,47 @@ def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | 
                           root, stage_hash(tiny), stage_hash(tiny, legacy=True),
                           [f"embedded default (model/ and data/) in {root}"]))
         produced.append(root)
-    for name in (s for s in STAGES if s in spec["stages"]):
+    for name in spec["order"]:
         stage = spec["stages"][name]
-        argv, env = stage_argv(stage, name in forced, name)
+        kind = stage.get("kind", name)  # a later round's aif_r2 is an aif stage
+        argv, env = stage_argv(stage, name in forced, kind)
         try:
-            configs = plan.resolve(name, argv)
+            configs = plan.resolve(kind, argv)
+            if kind == "eval" and spec["rounds"].count > 1:  # every round's model joins the comparison
+                policy = spec["stages"]["dpo"]["overrides"]["output_dir"]
+                models = eval_models_override(configs[0].models, policy, spec["rounds"])
+                argv = [a for a in argv if not a.startswith("models.")] + [f"models={models}"]
+                configs = plan.resolve(kind, argv)
             plan.check_paths(name, configs, produced)
         except RecipeError as err:
             raise RecipeError(f"{spec['path']}: stage {name} ({stage['recipe']}): {err}") from None
         except (ValueError, TypeError, FileNotFoundError) as err:  # a dataclass's own check of its values
             raise RecipeError(f"{spec['path']}: stage {name} ({stage['recipe']}): {err}") from None
         settings = (spec["launch"] or LaunchSettings()).merged(stage["launch"]).merged(launch)
-        settings = settings if name in TRAINING and settings.is_multiprocess() else None
+        settings = settings if kind in TRAINING and settings.is_multiprocess() else None
         output = Path(configs[-1].output_dir)
-        lines = plan.describe(name, configs, argv, settings)
-        commands = stage_commands(name, argv, settings, slurm)
+        lines = plan.describe(kind, configs, argv, settings)
+        commands = stage_commands(kind, argv, settings, slurm)
         if slurm and name in (*TRAINING, "aif"):
             lines.insert(0, f"Slurm: {slurm.nodes} node(s)" + (f" x {slurm.gpus_per_node} processes" if name in
                                                               TRAINING else ", one prompt shard each, then merged"))
-        elif name in ("aif", "eval") and plan.runs_local_models(configs[0]):
+        elif kind in ("aif", "eval") and plan.runs_local_models(configs[0]):
             devices, tp = visible_gpus(), plan.gpus_per_worker(configs[0])
             workers = (stage["launch"].num_processes if stage["launch"] else None) or len(devices) // tp
             if workers > 1:
-                commands = shard_workers(name, argv, workers, devices, tp)
+                commands = shard_workers(kind, argv, workers, devices, tp)
                 lines.insert(0, f"workers: {workers} side by side ({tp} GPU(s) each), one shard each, then merged")
-        steps.append(Step(name, commands, output, stage_hash(stage), stage_hash(stage, legacy=True), lines, env))
+        steps.append(Step(name, commands, output, stage_hash(stage), stage_hash(stage, legacy=True), lines, env,
+                          kind))
         produced.append(output)
     return steps
 
 
 def run_pipeline(path: str | Path, start: str | None = None, only: str | None = None, root: str | None = None,
-                 seed: int | None = None, launch: str | None = None, dry_run: bool = False) -> dict[str, Any]:
-    spec = load_pipeline(path, root, seed)
-    order = (["tiny_model"] if spec["tiny_model"] is not None else []) + [s for s in STAGES if s in spec["stages"]]
+                 seed: int | None = None, launch: str | None = None, dry_run: bool = False,
+                 rounds: int | None = None) -> dict[str, Any]:
+    spec = load_pipeline(path, root, seed, rounds)
+    order = (["tiny_model"] if spec["tiny_model"] is not None else []) + spec["order"]
     for flag, value in (("--from", start), ("--only", only)):
         if value and value not in order:
             raise RecipeError(f"{flag} {value}: not a stage of this pipeline (stages: {order})")
@@ -281,7 +316,7 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
         print(plan_text(spec, report))
         return {"root": spec["vars"]["root"], "seed": spec["vars"]["seed"], "seconds": {},
                 "plan": {step.name: status for step, status in report}}
-    lines = [f"  {s.name:<10} {timings.get(s.name, 0):7.1f}s  {s.output}  {key_metrics(s.name, s.output)}"
+    lines = [f"  {s.name:<10} {timings.get(s.name, 0):7.1f}s  {s.output}  {key_metrics(s.kind, s.output)}"
              for s in steps]
     logger.info("pipeline summary (stage, seconds this run, outputs, key metrics):\n%s", "\n".join(lines))
     return {"root": spec["vars"]["root"], "seed": spec["vars"]["seed"], "seconds": timings}
@@ -324,8 +359,10 @@ def key_metrics(name: str, folder: Path) -> str:
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="zephyr run", description=__doc__.split("\n\n")[0])
     parser.add_argument("pipeline", help="pipeline YAML, or a folder holding pipeline.yaml")
-    parser.add_argument("--from", dest="start", choices=STAGES, help="rerun this stage and the ones after it")
-    parser.add_argument("--only", choices=STAGES, help="run only this stage")
+    parser.add_argument("--from", dest="start", metavar="STAGE", help="rerun this stage and the ones after it")
+    parser.add_argument("--only", metavar="STAGE", help="run only this stage (a later round's: aif_r2, dpo_r2, ...)")
+    parser.add_argument("--rounds", type=int, metavar="N",
+                        help="iterative rounds of AIF + dDPO on the newest policy (replaces the file's rounds count)")
     parser.add_argument("--root", help="output root (replaces ${root}); default: the pipeline's root")
     parser.add_argument("--seed", type=int, help="seed (replaces ${seed}); default: the pipeline's seed")
     parser.add_argument("--launch", metavar="CONFIG",
@@ -334,4 +371,5 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--dry-run", action="store_true",
                         help="resolve and check every stage's recipe, print the plan, load and run nothing")
     args = parser.parse_args(argv)
-    return run_pipeline(args.pipeline, args.start, args.only, args.root, args.seed, args.launch, args.dry_run)
+    return run_pipeline(args.pipeline, args.start, args.only, args.root, args.seed, args.launch, args.dry_run,
+                        args.rounds)

@@ -9,7 +9,7 @@ from typing import Any
 
 from zephyr.aif.rubric import ParseError, critique_messages, parse_critique, parse_ratings, rubric_messages
 from zephyr.inference.backends import ChatRequest, make_backend
-from zephyr.inference.judging import CallableJudge, JudgeTask, failure
+from zephyr.inference.judging import CallableJudge, JudgeTask, RewardModelJudge, failure
 from zephyr.inference.settings import JudgeConfig
 
 
@@ -82,39 +82,6 @@ class LLMJudge:
             pending = still
             if not pending:
                 break
-
-
-class RewardModelJudge:
-    """A sequence-classification model scores each (prompt, answer) conversation: reward = its first logit."""
-
-    def __init__(self, cfg: JudgeConfig) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        from zephyr.configs import ModelArguments
-        from zephyr.modeling import load_tokenizer, resolve_dtype
-
-        self.torch, self.batch_size = torch, cfg.batch_size
-        self.tokenizer = load_tokenizer(ModelArguments(model_name_or_path=cfg.model,
-                                                       trust_remote_code=cfg.trust_remote_code))
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            cfg.model, dtype=resolve_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
-        ).eval()
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
-
-    def judge(self, tasks: list[JudgeTask]) -> list[list[dict[str, Any]]]:
-        convs = [(i, [*t.history, {"role": "user", "content": t.prompt}, {"role": "assistant", "content": r}])
-                 for i, t in enumerate(tasks) for r in t.responses]
-        rewards: list[float] = []
-        for start in range(0, len(convs), self.batch_size):
-            texts = [self.tokenizer.apply_chat_template(c, tokenize=False) for _, c in convs[start:start + self.batch_size]]
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            with self.torch.no_grad():
-                rewards += self.model(**enc).logits[:, 0].float().tolist()
-        out: list[list[dict[str, Any]]] = [[] for _ in tasks]
-        for (i, _), reward in zip(convs, rewards, strict=True):
-            out[i].append({"reward": reward})
-        return out
 
 
 JUDGES = {"llm": LLMJudge, "reward_model": RewardModelJudge, "callable": CallableJudge}

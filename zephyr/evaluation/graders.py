@@ -1,5 +1,5 @@
 """Graders: single-answer 1-10 grading (MT-Bench style) and pairwise comparison with position swapping
-(AlpacaEval style), by an LLM on any backend or by a Python callable. Prompts are ours."""
+(AlpacaEval style), by an LLM on any backend, a Python callable or a reward model. Prompts are ours."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from zephyr.inference.backends import ChatRequest, make_backend
-from zephyr.inference.judging import CallableJudge, JudgeTask
+from zephyr.inference.judging import CallableJudge, JudgeTask, RewardModelJudge
 from zephyr.inference.settings import JudgeConfig
 
 SINGLE_SYSTEM = "You are an impartial judge of AI assistant answers."
@@ -52,12 +52,13 @@ def parse_verdict(text: str) -> str | None:
 
 
 class Grader:
+    """An LLM asked for grades and verdicts, or a scorer (a Python callable, or a reward model such as `zephyr rm`
+    trains) whose scores are the grades and whose comparisons are the verdicts."""
+
     def __init__(self, cfg: JudgeConfig) -> None:
-        if cfg.type not in ("llm", "callable"):
-            raise ValueError(f"eval judge: type must be llm or callable, got {cfg.type}")
         self.cfg = cfg
         self.backend = make_backend(cfg) if cfg.type == "llm" else None
-        self.callable = CallableJudge(cfg) if cfg.type == "callable" else None
+        self.scorer = {"callable": CallableJudge, "reward_model": RewardModelJudge}.get(cfg.type, lambda _: None)(cfg)
 
     def _ask(self, prompts: list[list[dict[str, str]]], parse) -> list[Any]:
         """Ask the LLM; re-ask what does not parse, up to max_parse_retries times. None = gave up."""
@@ -80,27 +81,27 @@ class Grader:
 
     def single(self, items: list[tuple[list[dict[str, str]], str, str | None]]) -> list[float | None]:
         """Scores 1-10 for (conversation so far, answer to its last turn, reference or None)."""
-        if self.callable:
-            return [self._callable_scores(messages, [answer])[0] for messages, answer, _ in items]
+        if self.scorer:
+            return [self._scorer_scores(messages, [answer])[0] for messages, answer, _ in items]
         return self._ask([single_prompt(m, a, r) for m, a, r in items], parse_rating)
 
     def pairwise(self, items: list[tuple[list[dict[str, str]], str, str]]) -> list[float | None]:
         """For (conversation, answer of the model, answer of the baseline): 1 win, 0.5 tie, 0 loss, None when
         the judge gave no usable verdict. Each pair is judged in both orders; one that flips counts as a tie."""
-        if self.callable:
-            first = [self._callable_verdict(m, a, b) for m, a, b in items]
-            second = [self._callable_verdict(m, b, a) for m, a, b in items]
+        if self.scorer:
+            first = [self._scorer_verdict(m, a, b) for m, a, b in items]
+            second = [self._scorer_verdict(m, b, a) for m, a, b in items]
         else:
             first = self._ask([pairwise_prompt(m, a, b) for m, a, b in items], parse_verdict)
             second = self._ask([pairwise_prompt(m, b, a) for m, a, b in items], parse_verdict)
         return [combine_verdicts(v1, v2) for v1, v2 in zip(first, second, strict=True)]
 
-    def _callable_scores(self, messages, responses) -> list[float | None]:
-        (judgments,) = self.callable.judge([JudgeTask("", messages[-1]["content"], responses)])
+    def _scorer_scores(self, messages, responses) -> list[float | None]:
+        (judgments,) = self.scorer.judge([JudgeTask("", messages[-1]["content"], responses, messages[:-1])])
         return [None if "failure" in j else float(j.get("overall", j.get("reward"))) for j in judgments]
 
-    def _callable_verdict(self, messages, first: str, second: str) -> str | None:
-        a, b = self._callable_scores(messages, [first, second])
+    def _scorer_verdict(self, messages, first: str, second: str) -> str | None:
+        a, b = self._scorer_scores(messages, [first, second])
         if a is None or b is None:
             return None
         return "A" if a > b else "B" if b > a else "C"

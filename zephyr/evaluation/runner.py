@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -180,6 +181,14 @@ def summarize(cfg: EvalConfig, questions, grades, outcomes, margins) -> dict[str
                     diff = paired_difference([scores[i] for i in both], [base[i] for i in both], **_boot(cfg))
                     entry["score_minus_baseline"] = {**diff.as_dict(), "excludes_zero": diff.excludes_zero(),
                                                      "questions": len(both)}
+            earlier = previous_round(m.name, [x.name for x in cfg.models])
+            if earlier:  # iterative rounds (zephyr/rounds.py): did this round improve on the one before?
+                before = per_question(grades[earlier])
+                both = [i for i in have if i in before]
+                if both:
+                    diff = paired_difference([scores[i] for i in both], [before[i] for i in both], **_boot(cfg))
+                    entry["score_minus_previous_round"] = {**diff.as_dict(), "excludes_zero": diff.excludes_zero(),
+                                                           "previous": earlier, "questions": len(both)}
         if outcomes and m.name in outcomes:
             wins = per_question(outcomes[m.name])
             if wins:
@@ -191,6 +200,15 @@ def summarize(cfg: EvalConfig, questions, grades, outcomes, margins) -> dict[str
         est = bootstrap_mean([1.0 if x > 0 else 0.0 for x in margins], **_boot(cfg))
         results["reward_accuracy"] = {**est.as_dict(), "mean_margin": sum(margins) / len(margins)}
     return results
+
+
+def previous_round(name: str, names: list[str]) -> str | None:
+    """`dpo_r3` -> `dpo_r2`, `dpo_r2` -> `dpo` (the names zephyr/rounds.py gives later rounds), when present."""
+    found = re.fullmatch(r"(.+)_r(\d+)", name)
+    if not found or int(found[2]) < 2:
+        return None
+    earlier = found[1] if found[2] == "2" else f"{found[1]}_r{int(found[2]) - 1}"
+    return earlier if earlier in names else None
 
 
 def _boot(cfg: EvalConfig) -> dict[str, Any]:
@@ -216,6 +234,11 @@ def table(results: dict[str, Any]) -> str:
     if any(a or b for a, b in missing.values()):
         lines += ["", "Missing (failed or ungraded, left out of the estimates above): " + "; ".join(
             f"{name} {a} question(s) without a full grade, {b} without a verdict" for name, (a, b) in missing.items())]
+    rounds = [(name, e["score_minus_previous_round"]) for name, e in results["models"].items()
+              if "score_minus_previous_round" in e]
+    if rounds:
+        lines += ["", f"Each round against the one before ({level}% CI of the paired difference): " + "; ".join(
+            f"{name} - {d['previous']} {_fmt(d, signed=True)}" for name, d in rounds)]
     if "reward_accuracy" in results:
         r = results["reward_accuracy"]
         lines += ["", f"Reward accuracy on held-out pairs: {_fmt(r)} (mean margin {r['mean_margin']:.3f})"]
