@@ -13,7 +13,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_seed(seed: int, out: Path, rounds: int) -> dict:
     root = out / f"seed-{seed}"
-    start = time.perf_counter()
     cmd = [sys.executable, "-m", "zephyr.cli", "run", "recipes/tiny", "--rounds", str(rounds), "--seed", str(seed),
            "--root", str(root)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -30,12 +28,28 @@ def run_seed(seed: int, out: Path, rounds: int) -> dict:
     results = json.loads((root / "eval" / "results.json").read_text())
     models = results["models"]
     last = f"dpo_r{rounds}"
-    return {"seed": seed, "seconds": round(time.perf_counter() - start, 1), "questions": results["questions"],
+    return {"seed": seed, "questions": results["questions"],
             "scores": {name: m["score"] for name, m in models.items()},
             "vs_sft": {name: m["score_minus_baseline"] for name, m in models.items() if "score_minus_baseline" in m},
             "vs_previous_round": {name: m["score_minus_previous_round"] for name, m in models.items()
                                   if "score_minus_previous_round" in m},
             "last_round": last}
+
+
+def pooled_difference(out: Path, seeds: list[int], last: str, previous: str) -> dict:
+    """last - previous over every seed's questions together (each seed has its own held-out questions): the
+    per-question grades from each eval's answers.jsonl, one paired bootstrap over all of them."""
+    from zephyr.evaluation.stats import paired_difference
+
+    a, b, changed = [], [], 0
+    for seed in seeds:
+        for line in (out / f"seed-{seed}" / "eval" / "answers.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            a.append(sum(row["grades"][last]) / len(row["grades"][last]))
+            b.append(sum(row["grades"][previous]) / len(row["grades"][previous]))
+            changed += row["answers"][last] != row["answers"][previous]
+    est = paired_difference(a, b, samples=2000, seed=0)
+    return {**est.as_dict(), "excludes_zero": est.excludes_zero(), "changed": changed}
 
 
 def main() -> None:
@@ -55,6 +69,10 @@ def main() -> None:
         diffs = " | ".join(f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
                            for d in r["vs_previous_round"].values())
         print(f"| {r['seed']} | {scores} | {diffs} |")
+    pooled = pooled_difference(args.out, args.seeds, f"dpo_r{args.rounds}",
+                               runs[0]["vs_previous_round"][f"dpo_r{args.rounds}"]["previous"])
+    print(f"pooled over the seeds' {pooled['n']} questions: {pooled['mean']:+.3f} [{pooled['ci_low']:+.3f}, "
+          f"{pooled['ci_high']:+.3f}]; answers that differ between the rounds: {pooled['changed']}")
     final = [r["vs_previous_round"][r["last_round"]] for r in runs]
     better = sum(d["mean"] > 0 for d in final)
     sure = sum(d["ci_low"] > 0 for d in final)
@@ -62,8 +80,8 @@ def main() -> None:
     print(f"round {args.rounds} beats round {args.rounds - 1} on the mean in {better} of {len(runs)} seeds; its 95% "
           f"interval is above zero in {sure} and below zero in {worse}")
     if args.json:
-        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "rounds": args.rounds, "runs": runs},
-                                        indent=2))
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "rounds": args.rounds, "runs": runs,
+                                         "pooled_last_minus_previous": pooled}, indent=2))
 
 
 if __name__ == "__main__":
