@@ -37,19 +37,22 @@ def run_seed(seed: int, out: Path, rounds: int) -> dict:
 
 
 def pooled_difference(out: Path, seeds: list[int], last: str, previous: str) -> dict:
-    """last - previous over every seed's questions together (each seed has its own held-out questions): the
-    per-question grades from each eval's answers.jsonl, one paired bootstrap over all of them."""
-    from zephyr.evaluation.stats import paired_difference
+    """last - previous per held-out question, averaged over the seeds (every seed holds out the same questions:
+    zephyr/embedded/tasks.py splits them with a fixed seed), with a paired bootstrap over the questions. Grades
+    from each eval's answers.jsonl; `changed`: (seed, question) answers that differ between the two rounds."""
+    from zephyr.evaluation.stats import bootstrap_mean
 
-    a, b, changed = [], [], 0
+    diffs: dict[str, list[float]] = {}
+    changed = 0
     for seed in seeds:
         for line in (out / f"seed-{seed}" / "eval" / "answers.jsonl").read_text().splitlines():
             row = json.loads(line)
-            a.append(sum(row["grades"][last]) / len(row["grades"][last]))
-            b.append(sum(row["grades"][previous]) / len(row["grades"][previous]))
+            grade = {name: sum(g) / len(g) for name, g in row["grades"].items()}
+            diffs.setdefault(row["question_id"], []).append(grade[last] - grade[previous])
             changed += row["answers"][last] != row["answers"][previous]
-    est = paired_difference(a, b, samples=2000, seed=0)
-    return {**est.as_dict(), "excludes_zero": est.excludes_zero(), "changed": changed}
+    est = bootstrap_mean([sum(d) / len(d) for d in diffs.values()], samples=2000, seed=0)
+    return {**est.as_dict(), "excludes_zero": est.excludes_zero(), "changed": changed,
+            "answers": sum(len(d) for d in diffs.values())}
 
 
 def main() -> None:
@@ -71,8 +74,9 @@ def main() -> None:
         print(f"| {r['seed']} | {scores} | {diffs} |")
     pooled = pooled_difference(args.out, args.seeds, f"dpo_r{args.rounds}",
                                runs[0]["vs_previous_round"][f"dpo_r{args.rounds}"]["previous"])
-    print(f"pooled over the seeds' {pooled['n']} questions: {pooled['mean']:+.3f} [{pooled['ci_low']:+.3f}, "
-          f"{pooled['ci_high']:+.3f}]; answers that differ between the rounds: {pooled['changed']}")
+    print(f"averaged over the seeds, {pooled['n']} questions: {pooled['mean']:+.3f} [{pooled['ci_low']:+.3f}, "
+          f"{pooled['ci_high']:+.3f}]; answers that differ between the rounds: {pooled['changed']} of "
+          f"{pooled['answers']}")
     final = [r["vs_previous_round"][r["last_round"]] for r in runs]
     better = sum(d["mean"] > 0 for d in final)
     sure = sum(d["ci_low"] > 0 for d in final)
