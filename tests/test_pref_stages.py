@@ -403,7 +403,7 @@ def test_a_pipeline_plans_the_new_stages_in_order(tiny_dir, tmp_path, capsys):
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump({"root": str(tmp_path / "runs"), "stages": stages}))
     result = run_pipeline(pipeline, dry_run=True)
-    assert list(result["plan"]) == ["orpo", "kto", "rm"]
+    assert list(result["plan"]) == ["rm", "orpo", "kto"]  # STAGES order (rm before aif), not the file's
     shown = capsys.readouterr().out
     assert "[orpo] to run" in shown and "no reference model: loss = NLL(chosen)" in shown
     assert set(STAGES) <= set(TRAINING)
