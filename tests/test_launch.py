@@ -66,7 +66,7 @@ def tiny_pipeline(tmp_path: Path, tiny: Path, stages: dict, launch: dict | None 
         spec["stages"]["sft"] = {"recipe": str(REPO / "recipes" / "tiny" / "sft.yaml"), "overrides": {
             **common, "dataset_mixture": None, "dataset_name": str(tiny / "data" / "sft"),
             "dataset_train_split": "train_sft", "dataset_test_split": None, "output_dir": "${root}/sft",
-            "save_strategy": "steps", "save_steps": 1, **stages["sft"]}}
+            "save_strategy": "steps", "save_steps": 1, "save_total_limit": None, **stages["sft"]}}
     if "aif" in stages:
         spec["stages"]["aif"] = {"recipe": str(REPO / "recipes" / "tiny" / "aif.yaml"), "overrides": {
             "prompts.id": str(tiny / "data" / "prompts"), "prompts.max_prompts": 16,
@@ -169,7 +169,7 @@ def test_two_process_launch_matches_one_process_and_survives_kill_9(tiny_dir, tm
     proc = zephyr_run(two, "--launch", "cpu_2proc")
     sft = tmp_path / "two" / "root" / "sft"
     start = time.time()
-    while not (sft / "checkpoint-2" / "trainer_state.json").exists():
+    while not (sft / "checkpoint-2" / "trainer_state.json").exists():  # every checkpoint is kept (no limit)
         assert proc.poll() is None and time.time() - start < 300, "dSFT never reached its second checkpoint"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
@@ -195,12 +195,12 @@ def test_two_process_launch_matches_one_process_and_survives_kill_9(tiny_dir, tm
 
 @pytest.mark.slow
 def test_sigterm_to_zephyr_run_stops_the_stage_cleanly(tiny_dir, tmp_path):
+    # every checkpoint kept (the tiny recipe's save_total_limit: 1 would let checkpoint-1 live one step)
     pipeline = tiny_pipeline(tmp_path, tiny_dir, {"dpo": {"save_strategy": "steps", "save_steps": 1,
-                                                          "max_train_samples": 64}})
+                                                          "save_total_limit": None, "max_train_samples": 64}})
     proc = zephyr_run(pipeline)
     dpo = tmp_path / "root" / "dpo"
     start = time.time()
-    # any checkpoint: the tiny recipe keeps only the newest (save_total_limit: 1), so checkpoint-1 lives one step
     while not any(dpo.glob("checkpoint-*/trainer_state.json")):
         assert proc.poll() is None and time.time() - start < 300
         time.sleep(0.05)
