@@ -128,8 +128,9 @@ def load_pipeline(path: str | Path, root: str | None = None, seed: int | None = 
                           "identity": render(stage.get("overrides") or {}, {**variables, "root": "${root}"}),
                           "launch": launch}
     order = [s for s in STAGES if s in resolved]
-    repeat = Rounds.parse(spec.get("rounds") if rounds is None else {**as_mapping(spec.get("rounds")),
-                                                                      "count": rounds}, f"{path}")
+    repeat = Rounds.parse(spec.get("rounds"), str(path))
+    if rounds is not None:  # --rounds replaces the count and keeps the file's reference setting
+        repeat = Rounds.parse({"count": rounds, "reference": repeat.reference}, "--rounds")
     later = add_rounds(resolved, repeat, str(path))
     if later:  # the later rounds run before the eval, which then compares every round
         at = order.index("eval") if "eval" in order else len(order)
@@ -143,11 +144,6 @@ def load_pipeline(path: str | Path, root: str | None = None, seed: int | None = 
     launch = LaunchSettings.parse(render(spec.get("launch"), variables), str(path))
     return {"path": str(path), "vars": variables, "tiny_model": tiny, "stages": resolved, "order": order,
             "launch": launch, "rounds": repeat}
-
-
-def as_mapping(value: Any) -> dict[str, Any]:
-    """`rounds: 2` as {count: 2}, so that --rounds can replace the count and keep the reference."""
-    return value if isinstance(value, dict) else {} if value is None else {"count": value}
 
 
 def stage_hash(stage: dict[str, Any], legacy: bool = False) -> str:
