@@ -20,12 +20,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/zephyr run recipes/tiny
 
+# One pytest worker per core, up to 4 (pytest-xdist); a test file stays on one worker, so its module fixtures
+# (a pipeline run, a one-process baseline) are made once. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto --maxprocesses 4
+PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # The inner loop: everything but the end-to-end runs marked slow (under 3 minutes on 2 cores).
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The suite on the newest releases setup.cfg's ranges allow, in its own venv, without the lock (torch stays
 # 2.13.0: any other torch spec pulls GBs of CUDA wheels here). Tells whether the ranges still hold.
