@@ -1,8 +1,9 @@
-"""Does a second round of AIF + dDPO beat the first? `zephyr run recipes/tiny --rounds 2` for several seeds, each
-a whole cold process in its own folder, then each seed's held-out scores: dSFT, round 1's dDPO, round 2's, and
-round 2 - round 1 with its paired 95% bootstrap interval (the eval's own `score_minus_previous_round`).
+"""Does a second round of AIF + dDPO beat the first? `zephyr run recipes/tiny/pipeline_rounds.yaml` for several
+seeds, each a whole cold process in its own folder, then each seed's held-out scores: dSFT, round 1's dDPO, round
+2's, and round 2 - round 1 with its paired 95% bootstrap interval (the eval's own `score_minus_previous_round`),
+and the difference pooled over the seeds.
 
-    python benchmarks/rounds.py [--seeds 42 1 2] [--out outputs/rounds-bench] [--json FILE]
+    python benchmarks/rounds.py [--seeds 42 1 2] [--pipeline FILE] [--out outputs/rounds-bench] [--json FILE]
 
 Rerunning resumes: a finished seed is read, not run again (the pipeline skips complete stages).
 """
@@ -18,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_seed(seed: int, out: Path, rounds: int) -> dict:
+def run_seed(pipeline: Path, seed: int, out: Path, rounds: int) -> dict:
     root = out / f"seed-{seed}"
-    cmd = [sys.executable, "-m", "zephyr.cli", "run", "recipes/tiny", "--rounds", str(rounds), "--seed", str(seed),
+    cmd = [sys.executable, "-m", "zephyr.cli", "run", str(pipeline), "--rounds", str(rounds), "--seed", str(seed),
            "--root", str(root)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -37,9 +38,10 @@ def run_seed(seed: int, out: Path, rounds: int) -> dict:
 
 
 def pooled_difference(out: Path, seeds: list[int], last: str, previous: str) -> dict:
-    """last - previous per held-out question, averaged over the seeds (every seed holds out the same questions:
-    zephyr/embedded/tasks.py splits them with a fixed seed), with a paired bootstrap over the questions. Grades
-    from each eval's answers.jsonl; `changed`: (seed, question) answers that differ between the two rounds."""
+    """last - previous per held-out question, averaged over the seeds that held it out (the rounds pipeline draws
+    each seed's split with that seed; the demo's split is the same for every seed), with a paired bootstrap over
+    the questions. Grades from each eval's answers.jsonl; `changed`: (seed, question) answers that differ between
+    the two rounds."""
     from zephyr.evaluation.stats import bootstrap_mean
 
     diffs: dict[str, list[float]] = {}
@@ -58,11 +60,12 @@ def pooled_difference(out: Path, seeds: list[int], last: str, previous: str) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--pipeline", type=Path, default=ROOT / "recipes" / "tiny" / "pipeline_rounds.yaml")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "rounds-bench")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
-    runs = [run_seed(seed, args.out, args.rounds) for seed in args.seeds]
+    runs = [run_seed(args.pipeline, seed, args.out, args.rounds) for seed in args.seeds]
     names = list(runs[0]["scores"])
     print("| seed | " + " | ".join(names) + " | " + " | ".join(
         f"{n} - {runs[0]['vs_previous_round'][n]['previous']}" for n in runs[0]["vs_previous_round"]) + " |")

@@ -651,12 +651,14 @@ def test_shipped_pipeline_wires_every_stage(path, tmp_path):
     from zephyr.pipeline import as_override, load_pipeline
 
     spec = load_pipeline(path, root=str(tmp_path / "root"), seed=7)
-    assert spec["order"] in (["sft", "aif", "dpo", "eval"], ["sft", "dpo"], ["sft", "rm", "aif", "dpo", "eval"])
+    assert spec["order"] in (["sft", "aif", "dpo", "eval"], ["sft", "dpo"], ["sft", "rm", "aif", "dpo", "eval"],
+                             ["sft", "aif", "dpo", "aif_r2", "dpo_r2", "eval"])
     for name, stage in spec["stages"].items():
         overrides = [as_override(k, v) for k, v in stage["overrides"].items()]
         classes, kind = stage_of(Path(stage["recipe"]).resolve())
         configs = parse_stage_args([stage["recipe"], *overrides], classes, kind)
-        assert configs[-1].output_dir == str(tmp_path / "root" / name)  # every stage writes under the root
+        folder = f"round2/{stage['kind']}" if name.endswith("_r2") else name  # a later round has its own folders
+        assert configs[-1].output_dir == str(tmp_path / "root" / folder)  # every stage writes under the root
         if name in ("sft", "dpo"):
             assert configs[-1].seed == 7
     assert spec["tiny_model"] is None or spec["tiny_model"]["seed"] == 7

@@ -3,6 +3,7 @@ write, and that round 1 is left as it is (zephyr/rounds.py). The real 2-round ru
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,41 @@ def test_rounds_need_the_stages_they_repeat_wired_through_overrides(tmp_path):
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(RecipeError, match="the dpo stage's overrides must set output_dir"):
         load_pipeline(path)
+
+
+# ---------------------------------------------------------------- the rounds measurement's held-out questions
+def test_the_rounds_pipeline_holds_out_half_the_tasks_drawn_with_each_seed(tmp_path):
+    """recipes/tiny/pipeline_rounds.yaml: every seed evaluates on its own half of the task list, so the seeds'
+    questions differ (the demo keeps its fixed quarter); the AIF prompts are the other half, never evaluated."""
+    import datasets
+
+    from zephyr.embedded.build import write_datasets
+    from zephyr.embedded.tasks import all_tasks, split_tasks
+
+    spec = load_pipeline(REPO / "recipes" / "tiny" / "pipeline_rounds.yaml", root="r", seed=7)
+    tiny_step = plan_steps(spec, set(), None)[0]
+    command = tiny_step.commands[0]
+    assert command[command.index("--eval-fraction") + 1] == "0.5"
+    assert command[command.index("--split-seed") + 1] == "7"
+    assert spec["order"] == ["sft", "aif", "dpo", "aif_r2", "dpo_r2", "eval"]
+
+    folders = write_datasets(tmp_path / "data", eval_fraction=0.5, split_seed=7)
+    questions = [json.loads(line) for line in (folders["eval"] / "questions.jsonl").read_text().splitlines()]
+    prompts = set(datasets.load_dataset(str(folders["prompts"]), split="train")["prompt"])
+    assert len(questions) == 134 and len(prompts) == len(all_tasks()) - 134
+    assert not {q["turns"][0] for q in questions} & prompts
+    assert sum(q["category"] == "add" for q in questions) == 50  # every kind split in the same proportion
+    held_out = {t.prompt for t in split_tasks(0.5, 7)[1]}
+    assert held_out == {q["turns"][0] for q in questions}
+    assert held_out != {t.prompt for t in split_tasks(0.5, 8)[1]}
+    assert len(split_tasks()[1]) == 67 and split_tasks()[1] == split_tasks(0.25, 0)[1]  # the demo's, unchanged
+
+
+def test_a_bad_eval_fraction_is_refused_before_anything_is_built(tmp_path, capsys):
+    from zephyr.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tiny-model", "--output-dir", str(tmp_path / "t"), "--eval-fraction", "1.5"])
+    assert exit_info.value.code == 2
+    assert "--eval-fraction: expected a number between 0 and 1, got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()

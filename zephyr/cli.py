@@ -141,11 +141,18 @@ def _tiny_model(argv: list[str]) -> int:
                         help="bpe: trained on the shipped data (fast); mistral: Mistral-7B's real 32k tokenizer")
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model's random initialisation")
+    parser.add_argument("--eval-fraction", type=float, default=0.25,
+                        help="share of each task kind held out as eval questions (the rest are AIF/dDPO prompts)")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the held-out split (the default keeps the demo's questions fixed)")
     args = parser.parse_args(argv)
+    if not 0 < args.eval_fraction < 1:
+        parser.error(f"--eval-fraction: expected a number between 0 and 1, got {args.eval_fraction}")
     from zephyr.embedded.build import build_tiny_model
 
-    out = build_tiny_model(args.output_dir, args.tokenizer, args.hidden_size, args.num_layers, args.seed)
+    out = build_tiny_model(args.output_dir, args.tokenizer, args.hidden_size, args.num_layers, args.seed,
+                           eval_fraction=args.eval_fraction, split_seed=args.split_seed)
     print(f"embedded default written to {out}/model and {out}/data")
     return 0
 

@@ -66,7 +66,7 @@ logger = logging.getLogger("zephyr.run")
 STAGES = ("tiny_model", "sft", "rm", "aif", "dpo", "orpo", "simpo", "kto", "eval")
 MARKER = "zephyr_stage.json"
 TINY_MODEL_FLAGS = {"hidden_size": "--hidden-size", "num_layers": "--num-layers", "seed": "--seed",
-                    "tokenizer": "--tokenizer"}
+                    "tokenizer": "--tokenizer", "eval_fraction": "--eval-fraction", "split_seed": "--split-seed"}
 
 
 def render(value: Any, variables: dict[str, Any]) -> Any:

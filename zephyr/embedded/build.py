@@ -29,15 +29,16 @@ SPLITS = {  # dataset -> split -> (rows, seed)
 }
 
 
-def write_datasets(out: Path) -> dict[str, Path]:
+def write_datasets(out: Path, eval_fraction: float = 0.25, split_seed: int = 0) -> dict[str, Path]:
     """Write, as hub-layout folders (`data/<split>-00000-of-00001.parquet`, loadable with
     `datasets.load_dataset(folder, split=...)`):
     - `sft/`: dSFT dialogues from the imperfect teacher (UltraChat schema), over every task;
     - `prefs/`: offline preference pairs, right vs wrong answer (ultrafeedback_binarized schema);
       train_prefs from the AIF prompts, test_prefs from the held-out ones;
     - `prompts/`: the AIF prompts (`prompt`, `prompt_id`, `category`), disjoint from the eval questions;
-    and `eval/questions.jsonl`: the held-out questions in MT-Bench's layout, with reference answers."""
-    train_tasks, held_out = split_tasks()
+    and `eval/questions.jsonl`: the held-out questions in MT-Bench's layout, with reference answers.
+    `eval_fraction` of each task kind is held out, drawn with `split_seed`."""
+    train_tasks, held_out = split_tasks(eval_fraction, split_seed)
     folders = {}
     for name, splits in SPLITS.items():
         folder = out / name
@@ -108,11 +109,13 @@ def build_tiny_model(
     hidden_size: int = 128,
     num_layers: int = 2,
     seed: int = 0,
+    eval_fraction: float = 0.25,
+    split_seed: int = 0,
 ) -> Path:
     """Write `<out>/model` (random-init Mistral + tokenizer, safetensors) and `<out>/data/{sft,prefs}`."""
     out = Path(out)
     data_dir = out / "data"
-    folders = write_datasets(data_dir)
+    folders = write_datasets(data_dir, eval_fraction, split_seed)
     model_dir = out / "model"
     if tokenizer == "bpe":
         rows = datasets.load_dataset(str(folders["sft"]), split="train_sft")
