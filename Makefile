@@ -20,10 +20,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/zephyr run recipes/tiny
 
-# One pytest worker per core, up to 4 (pytest-xdist); a test file stays on one worker, so its module fixtures
-# (a pipeline run, a one-process baseline) are made once. TEST_WORKERS=0 runs in one process.
+# One pytest worker per core, up to 4 (pytest-xdist). Tests go to whichever worker is free, a file at a time except
+# for the few heavy files tests/conftest.py spreads test by test. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= auto --maxprocesses 4
-PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test: setup
 	$(PYTEST)

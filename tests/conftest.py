@@ -19,6 +19,18 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("ZEPHYR_CACHE", tempfile.mkdtemp(prefix="zephyr-cache-"))
 
 
+# `make test` runs pytest-xdist with --dist loadgroup. Each file is one group, so its module fixtures (a whole
+# pipeline run, a server, trained models) are made once, except these heavy files of independent tests: theirs go
+# test by test to whichever worker is free, so that no worker is left running one long file alone at the end.
+SPREAD_FILES = {"test_launch", "test_sweep", "test_distributed"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ not in SPREAD_FILES:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """`<dir>/model` (1k-vocab BPE tokenizer, random-init Mistral) and `<dir>/data/{sft,prefs}`."""
