@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -72,6 +73,38 @@ def test_tool_commands_answer_help(capsys, command):
 def test_stage_help_loads_no_library_noise():
     proc = zephyr("dpo", "--help")  # imports trl, hence peft and bitsandbytes: its kernel notice must not show
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_deepspeed_stays_for_a_deepspeed_launch_or_any_mention_of_it(tmp_path, monkeypatch):
+    from zephyr.optional_imports import deepspeed_requested
+
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    plain, with_key = tmp_path / "dpo.yaml", tmp_path / "dpo_ds.yaml"
+    plain.write_text("beta: 0.1\n")
+    with_key.write_text("deepspeed: configs/ds_zero3.json  # TrainingArguments' own key\n")
+    assert not deepspeed_requested([str(plain), "beta=0.2", "--accelerate-config", "cpu_2proc", "x" * 5000])
+    assert deepspeed_requested([str(with_key)])
+    assert deepspeed_requested([str(plain), "--deepspeed", "ds.json"])
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` sets for a DeepSpeed config
+    assert deepspeed_requested([str(plain)])
+
+
+def test_a_stage_without_deepspeed_leaves_it_out_and_the_libraries_see_it_absent():
+    """The contract zephyr/optional_imports.py relies on: accelerate, transformers and TRL read a None entry in
+    sys.modules as "deepspeed is not installed", and accelerate's model unwrapping then works without it."""
+    code = ("import sys\n"
+            "from zephyr.optional_imports import leave_out_unused_deepspeed\n"
+            "leave_out_unused_deepspeed(['recipe.yaml'])\n"
+            "import torch, accelerate.utils as au, transformers.integrations as ti, trl.import_utils as tu\n"
+            "model = torch.nn.Linear(2, 2)\n"
+            "assert au.extract_model_from_parallel(model) is model\n"
+            "print(*(bool(f()) for f in (au.is_deepspeed_available, ti.is_deepspeed_available,"
+            " tu.is_deepspeed_available)), sys.modules['deepspeed'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "ACCELERATE_USE_DEEPSPEED": "false"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False", "False", "False", "None"]
+    assert "real_accelerator" not in proc.stderr  # DeepSpeed's import notice
 
 
 @pytest.mark.parametrize("command", ["sft", "dpo", "aif", "eval"])

@@ -90,6 +90,9 @@ def test_two_processes_match_one_with_the_same_global_batch(stage, backend, sing
     two = launch(stage, tiny_dir, tmp_path / "two", backend)
     if backend == "ddp":
         assert "accelerate.commands.launch --config_file" in two["log"]  # really went through accelerate launch
+    # DeepSpeed is imported only by DeepSpeed runs (zephyr/optional_imports.py); its CPU notice shows the import
+    assert ("real_accelerator.py" in two["log"]) == backend.startswith("zero")
+    assert "real_accelerator.py" not in one["log"]
     assert two["log"].count(f"{LABELS[stage]} done") == 1  # only rank 0 reports
     assert len(one["losses"]) == len(two["losses"]) == 4
     assert one["losses"][0] != one["losses"][-1]

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from zephyr.keyhelp import COMMAND_CONFIGS, command_help
 from zephyr.logs import configure_logging
+from zephyr.optional_imports import leave_out_unused_deepspeed
 from zephyr.stages import TRAINING_STAGES
 
 
@@ -129,6 +130,8 @@ def lazy_stage(module: str) -> Callable[[list[str]], int]:
     """A command that imports `module` only when run (keeps `zephyr --help` fast) and calls its `main`."""
 
     def command(argv: list[str]) -> int:
+        if module.startswith("zephyr.stages."):
+            leave_out_unused_deepspeed(argv)  # before the stage imports accelerate and transformers
         return run_stage(importlib.import_module(module).main, argv)
 
     return command
