@@ -22,11 +22,11 @@ def deepspeed_requested(argv: list[str]) -> bool:
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("true", "1"):
         return True
     for arg in argv:
-        try:
-            is_file = Path(arg).is_file()
-        except OSError:  # not a path (too long, say)
-            is_file = False
-        text = Path(arg).read_text(errors="ignore") if is_file else arg  # a file by what it says, not its name
+        path = Path(arg)
+        try:  # a file by what it says, not by its name
+            text = path.read_text(errors="ignore") if path.is_file() else arg
+        except OSError:  # not a path (too long, say), or unreadable
+            text = arg
         if "deepspeed" in text.lower():
             return True
     return False
