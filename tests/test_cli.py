@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -89,22 +90,82 @@ def test_deepspeed_stays_for_a_deepspeed_launch_or_any_mention_of_it(tmp_path, m
     assert deepspeed_requested([str(plain)])
 
 
-def test_a_stage_without_deepspeed_leaves_it_out_and_the_libraries_see_it_absent():
-    """The contract zephyr/optional_imports.py relies on: accelerate, transformers and TRL read a None entry in
-    sys.modules as "deepspeed is not installed", and accelerate's model unwrapping then works without it."""
-    code = ("import sys\n"
-            "from zephyr.optional_imports import leave_out_unused_deepspeed\n"
-            "leave_out_unused_deepspeed(['recipe.yaml'])\n"
-            "import torch, accelerate.utils as au, transformers.integrations as ti, trl.import_utils as tu\n"
-            "model = torch.nn.Linear(2, 2)\n"
+def write_json(path: Path, data: dict) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / ("adapter_config.json" if "base_model_name_or_path" in data else "config.json")).write_text(json.dumps(data))
+    return path
+
+
+def test_bitsandbytes_stays_for_quantization_or_a_model_that_may_be_saved_quantized(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from zephyr.optional_imports import bitsandbytes_requested
+
+    plain = write_json(tmp_path / "plain", {"model_type": "mistral"})
+    quantized = write_json(tmp_path / "quantized", {"quantization_config": {"quant_method": "bitsandbytes"}})
+    adapter = write_json(tmp_path / "adapter", {"base_model_name_or_path": str(quantized)})
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(f"model_name_or_path: {plain}\nload_in_4bit: false\ndataset_mixture:\n"
+                      f"  datasets:\n    - id: {tmp_path}\n")
+    args = [str(recipe), "--load_in_8bit", "false", "optim=adamw_torch", "--dry-run"]
+    assert not bitsandbytes_requested(args)
+    for extra in (["--load_in_4bit"], ["load_in_8bit=true"], ["--bnb_4bit_quant_type", "nf4"],
+                  ["optim=adamw_bnb_8bit"], ["--optim", "paged_adamw_32bit"], [f"model_name_or_path={quantized}"],
+                  [f"--ref_model={adapter}"], ["model_name_or_path=unsloth/zephyr-sft-bnb-4bit"]):
+        assert bitsandbytes_requested(args + extra), extra
+    recipe.write_text(recipe.read_text() + "load_in_4bit: true\n")  # the same key twice: YAML keeps the last
+    assert bitsandbytes_requested([str(recipe)])
+
+    # A hub name: its config in the local cache decides; not cached (or pinned to another revision) is unknown
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert bitsandbytes_requested(["model_name_or_path=org/model"])
+    snapshot = cache / "models--org--model" / "snapshots" / "abc"
+    write_json(snapshot, {"model_type": "mistral"})
+    (cache / "models--org--model" / "refs").mkdir()
+    (cache / "models--org--model" / "refs" / "main").write_text("abc")
+    assert not bitsandbytes_requested(["model_name_or_path=org/model"])
+    assert bitsandbytes_requested(["model_name_or_path=org/model", "model_revision=v2"])
+    write_json(snapshot, {"quantization_config": {"quant_method": "bitsandbytes"}})
+    assert bitsandbytes_requested(["model_name_or_path=org/model"])
+
+
+def test_a_stage_process_leaves_out_what_it_does_not_use_and_the_libraries_see_it_absent(tiny_dir):
+    """The contract zephyr/optional_imports.py relies on: accelerate, transformers, TRL and peft read a None entry in
+    sys.modules as "not installed"; accelerate's model unwrapping, model loading and LoRA then work without them."""
+    code = ("import logging, sys\n"
+            "from zephyr.logs import configure_logging\n"
+            "from zephyr.optional_imports import leave_out_unused_libraries\n"
+            "configure_logging(logging.INFO)\n"
+            f"leave_out_unused_libraries(['model_name_or_path={tiny_dir / 'model'}'])\n"
+            "import accelerate.utils as au, transformers, transformers.integrations as ti, trl.import_utils as tu\n"
+            "import peft, peft.import_utils as pu, transformers.utils.import_utils as tiu\n"
+            "from trl import DPOTrainer\n"
+            f"model = transformers.AutoModelForCausalLM.from_pretrained('{tiny_dir / 'model'}')\n"
             "assert au.extract_model_from_parallel(model) is model\n"
+            "lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=['q_proj']))\n"
+            "assert lora.print_trainable_parameters() is None\n"
             "print(*(bool(f()) for f in (au.is_deepspeed_available, ti.is_deepspeed_available,"
-            " tu.is_deepspeed_available)), sys.modules['deepspeed'])\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "ACCELERATE_USE_DEEPSPEED": "false"})
+            " tu.is_deepspeed_available, tiu.is_bitsandbytes_available, pu.is_bnb_available,"
+            " au.is_bnb_available)), sys.modules['deepspeed'], sys.modules['bitsandbytes'])\n")
+    env = {**os.environ, "ACCELERATE_USE_DEEPSPEED": "false"}
+    env.pop("ZEPHYR_IMPORT_ALL", None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["False", "False", "False", "None"]
+    assert proc.stdout.split()[-8:] == ["False"] * 6 + ["None", "None"]
     assert "real_accelerator" not in proc.stderr  # DeepSpeed's import notice
+    assert "not loading deepspeed or bitsandbytes: this run does not use them" in proc.stdout
+
+    # ZEPHYR_IMPORT_ALL=1 keeps both; a call from Python (zephyr.cli.main with a list) must not change what the
+    # calling process can import
+    keep = ("import os, sys\nfrom zephyr.cli import main\nfrom zephyr.optional_imports import "
+            "leave_out_unused_libraries\nos.environ['ZEPHYR_IMPORT_ALL'] = '1'\nleave_out_unused_libraries([])\n"
+            "print(*(sys.modules.get(m, '-') is None for m in ('deepspeed', 'bitsandbytes')))\n"
+            "del os.environ['ZEPHYR_IMPORT_ALL']\nmain(['eval'])\n"
+            "print(*(sys.modules.get(m, '-') is None for m in ('deepspeed', 'bitsandbytes')))\n")
+    proc = subprocess.run([sys.executable, "-c", keep], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-4:] == ["False"] * 4, proc.stdout  # imported, or importable: never None
 
 
 @pytest.mark.parametrize("command", ["sft", "dpo", "aif", "eval"])

@@ -90,9 +90,12 @@ def test_two_processes_match_one_with_the_same_global_batch(stage, backend, sing
     two = launch(stage, tiny_dir, tmp_path / "two", backend)
     if backend == "ddp":
         assert "accelerate.commands.launch --config_file" in two["log"]  # really went through accelerate launch
-    # DeepSpeed is imported only by DeepSpeed runs (zephyr/optional_imports.py); its CPU notice shows the import
+    # DeepSpeed is imported only by DeepSpeed runs, bitsandbytes by none (zephyr/optional_imports.py); DeepSpeed's CPU
+    # notice shows its import
     assert ("real_accelerator.py" in two["log"]) == backend.startswith("zero")
     assert "real_accelerator.py" not in one["log"]
+    assert "not loading deepspeed or bitsandbytes: this run does not use them" in one["log"]  # nor does bitsandbytes
+    assert ("not loading bitsandbytes: this run does not use it" in two["log"]) == backend.startswith("zero")
     assert two["log"].count(f"{LABELS[stage]} done") == 1  # only rank 0 reports
     assert len(one["losses"]) == len(two["losses"]) == 4
     assert one["losses"][0] != one["losses"][-1]

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from zephyr.keyhelp import COMMAND_CONFIGS, command_help
 from zephyr.logs import configure_logging
-from zephyr.optional_imports import leave_out_unused_deepspeed
+from zephyr.optional_imports import leave_out_unused_libraries
 from zephyr.stages import TRAINING_STAGES
 
 
@@ -130,8 +130,6 @@ def lazy_stage(module: str) -> Callable[[list[str]], int]:
     """A command that imports `module` only when run (keeps `zephyr --help` fast) and calls its `main`."""
 
     def command(argv: list[str]) -> int:
-        if module.startswith("zephyr.stages."):
-            leave_out_unused_deepspeed(argv)  # before the stage imports accelerate and transformers
         return run_stage(importlib.import_module(module).main, argv)
 
     return command
@@ -196,6 +194,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 }
 
 
+# Commands whose process loads DeepSpeed and bitsandbytes only when the run uses them (zephyr/optional_imports.py).
+STAGE_COMMANDS = (*TRAINING_STAGES, "aif", "eval")
 LAUNCHABLE = tuple(TRAINING_STAGES)  # training stages: `--accelerate-config CFG` launches them on several processes
 PLANNABLE = (*LAUNCHABLE, "aif", "eval")  # stages that take --dry-run
 
@@ -211,6 +211,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    whole_process = argv is None  # `zephyr ...` or `python -m zephyr.cli ...`, not a call from Python
     argv = sys.argv[1:] if argv is None else argv
     from zephyr.launch import watch_parent
 
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if code is not None:
             return code
+    if whole_process and argv[0] in STAGE_COMMANDS:
+        leave_out_unused_libraries(argv[1:])  # before the stage imports accelerate, transformers and peft
     return command[0](argv[1:])
 
 
