@@ -21,9 +21,9 @@ demo: setup
 	$(BIN)/zephyr run recipes/tiny
 
 # One pytest worker per core, up to 4 (pytest-xdist). Tests go to whichever worker is free, a file at a time except
-# for the few heavy files tests/conftest.py spreads test by test. TEST_WORKERS=0 runs in one process.
+# for the few heavy files tests/conftest.py spreads test by test, heaviest first. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= auto --maxprocesses 4
-PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test: setup
 	$(PYTEST)

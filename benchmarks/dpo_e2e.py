@@ -31,7 +31,10 @@ Lines of the table (SIDES below; add a line by adding a Side):
              precompute_ref_log_probs off), padded batches; then save_model.
   zephyr     `python -m zephyr.cli dpo RECIPE`: zephyr's defaults (reference log-probs precomputed once and cached
              on disk; packed forward, each pair's prompt computed once, the LM head only on answer positions
-             and, on CPU, zephyr's log-prob kernel), from a recipe this script writes.
+             and, on CPU, zephyr's log-prob kernel), from a recipe this script writes. Like every `zephyr`
+             process it leaves out the optional libraries its run does not use (zephyr/optional_imports.py:
+             ~2.8 CPU-s of imports at start); the baseline imports them as TRL and peft do. Results recorded
+             before 2026-12-01 predate this.
   With --sides, lines that each switch one lever (see SIDES): no-share (share_prompt false), head-all
   (lm_head_labels_only false), trl-kernel (cpu_log_prob_kernel false), unpacked (packed_forward false), no-ckpt (gradient_checkpointing false: not a
   zephyr default, it trades activation memory for time). Each adds 3-5 minutes at the default sizes.

@@ -76,18 +76,30 @@ def test_stage_help_loads_no_library_noise():
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
-def test_deepspeed_stays_for_a_deepspeed_launch_or_any_mention_of_it(tmp_path, monkeypatch):
-    from zephyr.optional_imports import deepspeed_requested
+def test_a_library_stays_for_any_mention_of_it_in_what_a_command_is_given(tmp_path, monkeypatch):
+    from zephyr.optional_imports import deepspeed_requested, read_request, wandb_requested
+
+    def requested(*argv: str) -> tuple[bool, bool]:
+        texts, items = read_request(list(argv))
+        return deepspeed_requested(texts), wandb_requested(texts, items)
 
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
-    plain, with_key = tmp_path / "dpo.yaml", tmp_path / "dpo_ds.yaml"
-    plain.write_text("beta: 0.1\n")
-    with_key.write_text("deepspeed: configs/ds_zero3.json  # TrainingArguments' own key\n")
-    assert not deepspeed_requested([str(plain), "beta=0.2", "--accelerate-config", "cpu_2proc", "x" * 5000])
-    assert deepspeed_requested([str(with_key)])
-    assert deepspeed_requested([str(plain), "--deepspeed", "ds.json"])
+    plain, with_keys = tmp_path / "dpo.yaml", tmp_path / "dpo_ds.yaml"
+    plain.write_text("beta: 0.1\nreport_to: [tensorboard]\n")
+    with_keys.write_text("deepspeed: configs/ds_zero3.json  # TrainingArguments' own key\nreport_to: wandb\n")
+    assert requested(str(plain), "beta=0.2", "--accelerate-config", "cpu_2proc", "x" * 5000) == (False, False)
+    assert requested(str(with_keys)) == (True, True)
+    assert requested(str(plain), "--deepspeed", "ds.json", "--report_to", "all") == (True, True)
+    # a recipe named in a file given (a pipeline's stage recipe, relative to the pipeline's folder; a sweep's base)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "pipeline.yaml").write_text("stages:\n  dpo:\n    recipe: ../dpo_ds.yaml\n")
+    (tmp_path / "sweep.yaml").write_text(f"base: {with_keys}\n")
+    assert requested(str(tmp_path / "sub" / "pipeline.yaml")) == requested(str(tmp_path / "sweep.yaml")) == (True, True)
+    big = tmp_path / "prefs.json"  # a dataset file is not read as a recipe
+    big.write_text('{"deepspeed": "' + "x" * (1 << 20) + '"}')
+    assert requested(str(plain), f"dataset_name={big}") == (False, False)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` sets for a DeepSpeed config
-    assert deepspeed_requested([str(plain)])
+    assert requested(str(plain)) == (True, False)
 
 
 def write_json(path: Path, data: dict) -> Path:
@@ -96,10 +108,14 @@ def write_json(path: Path, data: dict) -> Path:
     return path
 
 
-def test_bitsandbytes_stays_for_quantization_or_a_model_that_may_be_saved_quantized(tmp_path, monkeypatch):
+def test_4bit_stays_for_quantization_or_a_model_that_may_be_saved_quantized(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from zephyr.optional_imports import bitsandbytes_requested
+    from zephyr.optional_imports import bitsandbytes_requested as requested
+    from zephyr.optional_imports import read_request
+
+    def bitsandbytes_requested(argv: list[str]) -> bool:
+        return requested(read_request(argv)[1])
 
     plain = write_json(tmp_path / "plain", {"model_type": "mistral"})
     quantized = write_json(tmp_path / "quantized", {"quantization_config": {"quant_method": "bitsandbytes"}})
@@ -147,25 +163,42 @@ def test_a_stage_process_leaves_out_what_it_does_not_use_and_the_libraries_see_i
             "assert lora.print_trainable_parameters() is None\n"
             "print(*(bool(f()) for f in (au.is_deepspeed_available, ti.is_deepspeed_available,"
             " tu.is_deepspeed_available, tiu.is_bitsandbytes_available, pu.is_bnb_available,"
-            " au.is_bnb_available)), sys.modules['deepspeed'], sys.modules['bitsandbytes'])\n")
+            " au.is_bnb_available, ti.is_wandb_available)), *(sys.modules[m] for m in ('deepspeed', 'bitsandbytes',"
+            " 'wandb')))\n")
     env = {**os.environ, "ACCELERATE_USE_DEEPSPEED": "false"}
     env.pop("ZEPHYR_IMPORT_ALL", None)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-8:] == ["False"] * 6 + ["None", "None"]
+    assert proc.stdout.split()[-10:] == ["False"] * 7 + ["None"] * 3
     assert "real_accelerator" not in proc.stderr  # DeepSpeed's import notice
-    assert "not loading deepspeed or bitsandbytes: this run does not use them" in proc.stdout
+    assert "not loading bitsandbytes, deepspeed, wandb: this run does not use them" in proc.stdout
 
     # ZEPHYR_IMPORT_ALL=1 keeps both; a call from Python (zephyr.cli.main with a list) must not change what the
-    # calling process can import
-    keep = ("import os, sys\nfrom zephyr.cli import main\nfrom zephyr.optional_imports import "
-            "leave_out_unused_libraries\nos.environ['ZEPHYR_IMPORT_ALL'] = '1'\nleave_out_unused_libraries([])\n"
-            "print(*(sys.modules.get(m, '-') is None for m in ('deepspeed', 'bitsandbytes')))\n"
-            "del os.environ['ZEPHYR_IMPORT_ALL']\nmain(['eval'])\n"
-            "print(*(sys.modules.get(m, '-') is None for m in ('deepspeed', 'bitsandbytes')))\n")
+    # calling process can import (the stage itself is a stand-in here: what matters is what main does before it)
+    keep = ("import os, sys\nimport zephyr.cli as cli\nfrom zephyr.optional_imports import leave_out_unused_libraries\n"
+            "os.environ['ZEPHYR_IMPORT_ALL'] = '1'\nleave_out_unused_libraries([])\n"
+            "print(*(m in sys.modules for m in ('deepspeed', 'bitsandbytes')))\n"
+            "del os.environ['ZEPHYR_IMPORT_ALL']\ncli.COMMANDS['eval'] = (lambda argv: 0, 'a stand-in')\n"
+            "assert cli.main(['eval', 'recipe.yaml']) == 0\n"
+            "print(*(m in sys.modules for m in ('deepspeed', 'bitsandbytes')))\n")
     proc = subprocess.run([sys.executable, "-c", keep], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-4:] == ["False"] * 4, proc.stdout  # imported, or importable: never None
+    assert proc.stdout.split()[-4:] == ["False"] * 4, proc.stdout  # neither marked absent
+
+
+def test_an_orchestrator_checks_4bit_recipes_without_bitsandbytes(tmp_path):
+    """`zephyr run` loads no model itself (its stages are processes of their own): bitsandbytes is left out even
+    for QLoRA stages, whose recipes it still resolves and checks."""
+    recipes = REPO / "recipes" / "zephyr-7b-beta"
+    (tmp_path / "pipeline.yaml").write_text(
+        f"root: {tmp_path / 'root'}\nstages:\n  sft:\n    recipe: {recipes / 'sft' / 'config_qlora.yaml'}\n"
+        f"    overrides:\n      output_dir: ${{root}}/sft\n"
+        f"  dpo:\n    recipe: {recipes / 'dpo' / 'config_qlora.yaml'}\n    overrides:\n"
+        f"      model_name_or_path: ${{root}}/sft\n")
+    proc = zephyr("run", str(tmp_path / "pipeline.yaml"), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "not loading bitsandbytes: this run does not use it" in proc.stdout
+    assert "4-bit" in proc.stdout and "[sft] to run" in proc.stdout and "[dpo] to run" in proc.stdout
 
 
 @pytest.mark.parametrize("command", ["sft", "dpo", "aif", "eval"])

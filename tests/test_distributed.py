@@ -49,8 +49,13 @@ def launch(stage: str, tiny: Path, out: Path, backend: str, *extra: str) -> dict
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    (out / "launch.log").write_text(proc.stdout + proc.stderr)
+    return read_run(out)
+
+
+def read_run(out: Path) -> dict:
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-    return {"log": proc.stdout + proc.stderr, "losses": [h["loss"] for h in history if "loss" in h],
+    return {"log": (out / "launch.log").read_text(), "losses": [h["loss"] for h in history if "loss" in h],
             "kl": [h.get("kl") for h in history if "loss" in h], "weights": load_file(out / "model.safetensors")}
 
 
@@ -68,14 +73,13 @@ def assert_same_weights(one: dict, two: dict, lr: float = 1e-3, steps: int = 4) 
     assert loose <= total // 1000, f"{loose} of {total} weights differ by more than 1e-5"
 
 
-@pytest.fixture(scope="module")
-def single(tiny_dir, tmp_path_factory):
-    runs = {}
-
+@pytest.fixture
+def single(tiny_dir, run_once):
+    """The one-process run of a stage, made once per test run (the tests that compare with it are spread over the
+    workers)."""
     def get(stage):
-        if stage not in runs:
-            runs[stage] = launch(stage, tiny_dir, tmp_path_factory.mktemp(f"single_{stage}"), "single")
-        return runs[stage]
+        made = run_once(f"single_{stage}", lambda out: launch(stage, tiny_dir, out, "single"), (tiny_dir,))
+        return read_run(made)
 
     return get
 
@@ -90,12 +94,13 @@ def test_two_processes_match_one_with_the_same_global_batch(stage, backend, sing
     two = launch(stage, tiny_dir, tmp_path / "two", backend)
     if backend == "ddp":
         assert "accelerate.commands.launch --config_file" in two["log"]  # really went through accelerate launch
-    # DeepSpeed is imported only by DeepSpeed runs, bitsandbytes by none (zephyr/optional_imports.py); DeepSpeed's CPU
-    # notice shows its import
+    # DeepSpeed is imported only by DeepSpeed runs, bitsandbytes and wandb by none (zephyr/optional_imports.py);
+    # DeepSpeed's CPU notice shows its import
     assert ("real_accelerator.py" in two["log"]) == backend.startswith("zero")
     assert "real_accelerator.py" not in one["log"]
-    assert "not loading deepspeed or bitsandbytes: this run does not use them" in one["log"]  # nor does bitsandbytes
-    assert ("not loading bitsandbytes: this run does not use it" in two["log"]) == backend.startswith("zero")
+    assert "not loading bitsandbytes, deepspeed, wandb: this run does not use them" in one["log"]
+    left_out = "bitsandbytes, wandb" if backend.startswith("zero") else "bitsandbytes, deepspeed, wandb"
+    assert f"not loading {left_out}: this run does not use them" in two["log"]
     assert two["log"].count(f"{LABELS[stage]} done") == 1  # only rank 0 reports
     assert len(one["losses"]) == len(two["losses"]) == 4
     assert one["losses"][0] != one["losses"][-1]

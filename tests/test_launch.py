@@ -159,13 +159,13 @@ def rank_processes(marker: str) -> list[int]:
 
 @pytest.mark.slow
 def test_two_process_launch_matches_one_process_and_survives_kill_9(tiny_dir, tmp_path):
-    """--launch cpu_2proc: dSFT and dDPO each run as two ranks (global batch 8 = 2 x 4) and save the weights
-    the one-process pipeline saves (8 x 1); kill -9 of `zephyr run` mid-dSFT leaves no rank behind, and the
-    rerun resumes and ends with the same weights."""
-    one = tiny_pipeline(tmp_path / "one", tiny_dir, {"sft": {}, "dpo": {}})
+    """--launch cpu_2proc: dSFT runs as two ranks (global batch 8 = 2 x 4) and saves the weights the one-process
+    pipeline saves (8 x 1); kill -9 of `zephyr run` mid-dSFT leaves no rank behind, and the rerun resumes and ends
+    with the same weights. (dDPO takes the same launch path; test_distributed.py compares it, and every other
+    training stage, under each launcher.)"""
+    one = tiny_pipeline(tmp_path / "one", tiny_dir, {"sft": {}})
     finish(zephyr_run(one))
-    two = tiny_pipeline(tmp_path / "two", tiny_dir, {"sft": {"per_device_train_batch_size": 4},
-                                                     "dpo": {"per_device_train_batch_size": 4}})
+    two = tiny_pipeline(tmp_path / "two", tiny_dir, {"sft": {"per_device_train_batch_size": 4}})
     proc = zephyr_run(two, "--launch", "cpu_2proc")
     sft = tmp_path / "two" / "root" / "sft"
     start = time.time()
@@ -180,17 +180,15 @@ def test_two_process_launch_matches_one_process_and_survives_kill_9(tiny_dir, tm
     assert rank_processes(str(tmp_path / "two")) == [], "a rank outlived zephyr run"
     out = finish(zephyr_run(two, "--launch", "cpu_2proc"))
     assert "resuming from" in (sft / "stage.log").read_text()
-    for stage in ("sft", "dpo"):
-        log = (tmp_path / "two" / "root" / stage / "stage.log").read_text()
-        assert "accelerate.commands.launch --config_file" in log and "cpu_2proc.yaml" in log
-        assert f"zephyr: {stage} rank 0 of 2" in log and f"zephyr: {stage} rank 1 of 2" in log
-        state = json.loads((tmp_path / "two" / "root" / stage / "trainer_state.json").read_text())
-        assert state["train_batch_size"] == 4  # per device: two ranks made the global batch of 8
-        a = load_file(tmp_path / "one" / "root" / stage / "model.safetensors")
-        b = load_file(tmp_path / "two" / "root" / stage / "model.safetensors")
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
-    assert "stage dpo: done" in out
+    log = (sft / "stage.log").read_text()
+    assert "accelerate.commands.launch --config_file" in log and "cpu_2proc.yaml" in log
+    assert "zephyr: sft rank 0 of 2" in log and "zephyr: sft rank 1 of 2" in log
+    assert json.loads((sft / "trainer_state.json").read_text())["train_batch_size"] == 4  # per device: 2 x 4 = 8
+    a = load_file(tmp_path / "one" / "root" / "sft" / "model.safetensors")
+    b = load_file(sft / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
+    assert "stage sft: done" in out
 
 
 @pytest.mark.slow
@@ -216,7 +214,7 @@ def test_sigterm_to_zephyr_run_stops_the_stage_cleanly(tiny_dir, tmp_path):
 @pytest.mark.slow
 def test_slurm_script_runs_the_whole_pipeline(tiny_dir, tmp_path):
     """`sbatch scripts/launch_slurm.sh run PIPELINE`, with stand-ins for srun and scontrol (one node, two CPU
-    processes per training stage): training stages through srun + accelerate, AIF as shards then merged."""
+    processes per training stage): a training stage through srun + accelerate, AIF as shards then merged."""
     from zephyr.launch import free_port
 
     bin_dir, calls = tmp_path / "bin", tmp_path / "srun_calls.txt"
@@ -226,8 +224,7 @@ def test_slurm_script_runs_the_whole_pipeline(tiny_dir, tmp_path):
                                   f'echo "$*" >> {calls}\nSLURM_PROCID=0 exec "$@"\n')
     for f in ("scontrol", "srun"):
         (bin_dir / f).chmod(0o755)
-    pipeline = tiny_pipeline(tmp_path, tiny_dir, {"sft": {"per_device_train_batch_size": 4}, "aif": {},
-                                                 "dpo": {"per_device_train_batch_size": 4}},
+    pipeline = tiny_pipeline(tmp_path, tiny_dir, {"sft": {"per_device_train_batch_size": 4}, "aif": {}},
                              launch={"accelerate_config": "cpu_2proc"})
     env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
            "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node1", "GPUS_PER_NODE": "2", "OMP_NUM_THREADS": "1",
@@ -237,14 +234,13 @@ def test_slurm_script_runs_the_whole_pipeline(tiny_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "pipeline " + str(pipeline) + " on 1 node(s) x 2 processes" in proc.stdout
     srun = calls.read_text().splitlines()
-    assert len(srun) == 3  # dSFT, the AIF shards, dDPO; eval would run on this node without srun
+    assert len(srun) == 2  # dSFT (dDPO and the other training stages alike), the AIF shards; eval runs without srun
     assert "--machine_rank" in srun[0] and "zephyr.cli sft" in srun[0] and "--num_processes 2" in srun[0]
     assert "--shard" in srun[1] and "zephyr.cli aif" in srun[1]
     assert "--rebinarize" in (tmp_path / "root" / "aif" / "stage.log").read_text()
     root = tmp_path / "root"
-    for stage in ("sft", "dpo"):
-        assert json.loads((root / stage / "trainer_state.json").read_text())["train_batch_size"] == 4
-        assert (root / stage / MARKER).is_file()
+    assert json.loads((root / "sft" / "trainer_state.json").read_text())["train_batch_size"] == 4
+    assert (root / "sft" / MARKER).is_file() and (root / "aif" / MARKER).is_file()
     assert json.loads((root / "aif" / "summary.json").read_text())["pairs"] > 0
 
 
@@ -264,17 +260,15 @@ def test_stage_dry_run_of_the_zephyr_7b_recipes_loads_nothing(recipe, monkeypatc
         assert any("reference:" in line for line in lines)
 
 
-@pytest.mark.slow
-def test_stage_dry_run_on_the_command_line_reports_a_typo(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "zephyr.cli", "sft", str(REPO / "recipes/tiny/sft.yaml"),
-                           "--dry-run", "--learning_rat", "1"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 2
-    assert "zephyr: error: command line: unknown key 'learning_rat'; did you mean 'learning_rate'?" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "zephyr.cli", "eval", str(REPO / "recipes/tiny/eval.yaml"),
-                           "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert "questions: outputs/tiny/data/eval/questions.jsonl: no such file or folder" in proc.stderr
+def test_stage_dry_run_on_the_command_line_reports_a_typo(tmp_path, monkeypatch, capsys):
+    from zephyr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["sft", str(REPO / "recipes/tiny/sft.yaml"), "--dry-run", "--learning_rat", "1"]) == 2
+    assert "zephyr: error: command line: unknown key 'learning_rat'; did you mean 'learning_rate'?" in \
+        capsys.readouterr().err
+    assert main(["eval", str(REPO / "recipes/tiny/eval.yaml"), "--dry-run"]) == 2
+    assert "questions: outputs/tiny/data/eval/questions.jsonl: no such file or folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -133,18 +133,16 @@ def checkpoint_steps(out: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_dir, tmp_path_factory):
-    """Uninterrupted runs, one per (stage, processes, extra settings), in subprocesses."""
-    runs = {}
+@pytest.fixture
+def reference(tiny_dir, run_once):
+    """Uninterrupted runs, one per (stage, processes, extra settings), in subprocesses, made once per test run (the
+    tests that compare with them are spread over the workers)."""
 
     def get(stage: str, processes: int = 1, *extra: str) -> Path:
-        key = (stage, processes, extra)
-        if key not in runs:
-            out = tmp_path_factory.mktemp("reference") / f"{stage}{processes}"
-            finish(command(stage, tiny_dir, out, processes, *extra), out)
-            runs[key] = out
-        return runs[key]
+        name = "reference-" + "-".join([stage, str(processes), *extra]).replace("=", "_")
+        made = run_once(name, lambda folder: finish(command(stage, tiny_dir, folder / "out", processes, *extra),
+                                                    folder / "out"), (tiny_dir,))
+        return made / "out"
 
     return get
 

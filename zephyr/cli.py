@@ -194,8 +194,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 }
 
 
-# Commands whose process loads DeepSpeed and bitsandbytes only when the run uses them (zephyr/optional_imports.py).
+# Commands whose process loads DeepSpeed, bitsandbytes and wandb only when the run uses them
+# (zephyr/optional_imports.py): the stages, and the orchestrators, which check every recipe before starting them.
 STAGE_COMMANDS = (*TRAINING_STAGES, "aif", "eval")
+ORCHESTRATORS = ("run", "sweep")
 LAUNCHABLE = tuple(TRAINING_STAGES)  # training stages: `--accelerate-config CFG` launches them on several processes
 PLANNABLE = (*LAUNCHABLE, "aif", "eval")  # stages that take --dry-run
 
@@ -236,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in COMMAND_CONFIGS and any(a in ("-h", "--help") for a in argv[1:]):
         print(command_help(argv[0], command[1]))
         return 0
+    lean = whole_process and argv[0] in (*STAGE_COMMANDS, *ORCHESTRATORS)
     if argv[0] in PLANNABLE and "--dry-run" in argv:
+        if lean:
+            leave_out_unused_libraries(argv[1:], orchestrator=True)  # like an orchestrator, it loads no model
         return dry_run(argv[0], [a for a in argv[1:] if a != "--dry-run"])
     if argv[0] in LAUNCHABLE:
         try:
@@ -246,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if code is not None:
             return code
-    if whole_process and argv[0] in STAGE_COMMANDS:
-        leave_out_unused_libraries(argv[1:])  # before the stage imports accelerate, transformers and peft
+    if lean:  # before the command imports accelerate, transformers and peft
+        leave_out_unused_libraries(argv[1:], orchestrator=argv[0] in ORCHESTRATORS)
     return command[0](argv[1:])
 
 

@@ -1,19 +1,20 @@
-"""DeepSpeed and bitsandbytes only in the stage processes that use them.
+"""DeepSpeed, bitsandbytes and wandb only in the processes that use them.
 
-Both are imported by the libraries whenever they are installed, used or not:
+The libraries import all three whenever they are installed, used or not:
 - accelerate's `extract_model_from_parallel`, which TRL and transformers call on every model, imports deepspeed to
   test `isinstance(model, DeepSpeedEngine)`: about 1.5 CPU-s of every stage start, and DeepSpeed's "Setting
   accelerator to CPU" notice.
-- peft, which TRL imports, imports bitsandbytes, whose default backend wraps its kernels in `torch.compile` at
-  import and so loads torch's compiler stack: about 1 CPU-s of every stage start.
-A stage start is a fifth of a short tiny run and most of a test's time, so a stage process that does not need one
-of them marks it absent before the libraries load it: a None entry in `sys.modules` makes `import x` raise
-ImportError and `importlib.util.find_spec` return None, which is how accelerate, transformers, TRL and peft test
-whether it is installed (pinned in tests/test_cli.py), so they take their paths for a machine without it.
+- peft, which TRL and transformers' trainer utilities import, imports bitsandbytes, whose default backend wraps its
+  kernels in `torch.compile` at import and so loads torch's compiler stack: about 1 CPU-s.
+- TRL's trainers import wandb to link a run in the model card: about 0.3 CPU-s.
+Imports are most of a short stage's time (and of a test's), so a `zephyr` process that does not need one of them
+marks it absent before the libraries load it: a None entry in `sys.modules` makes `import x` raise ImportError and
+`importlib.util.find_spec` return None, which is how accelerate, transformers, TRL and peft test whether it is
+installed (pinned in tests/test_cli.py), so they take their paths for a machine without it.
 
-The test is what the stage is given: its command line and the recipe files that names. Where that cannot rule a
-library out (a hub model that is not in the local cache may be a pre-quantized checkpoint), it stays.
-ZEPHYR_IMPORT_ALL=1 keeps both, whatever the recipe says.
+The test is what the process is given: its command line, the files that names, and the recipe files those name
+(a pipeline's stage recipes, a sweep's base recipe). Where that cannot rule a library out (a hub model that is not
+in the local cache may be a pre-quantized checkpoint), it stays. ZEPHYR_IMPORT_ALL=1 keeps all three.
 """
 
 from __future__ import annotations
@@ -36,40 +37,76 @@ logger = logging.getLogger(__name__)
 BITSANDBYTES_WORDS = ("4bit", "8bit", "bnb", "bitsandbytes", "paged_", "quantiz")
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name; it may be a model, or a dataset
 FALSE = {"", "false", "no", "off", "0", "none", "null", "~"}
+MAX_READ = 1 << 20  # recipes, pipelines, sweeps and DeepSpeed configs are a few KiB
 
 
-def read_argument(arg: str) -> str | None:
-    """The text of a file named on the command line, or None when `arg` names no readable file."""
+def read_file(path: str) -> str | None:
+    """The text of the file `path` names, or None when it names no readable file or one too large for a recipe or a
+    config (a dataset file, say)."""
     try:
-        return Path(arg).read_text(errors="ignore") if Path(arg).is_file() else None
+        file = Path(path)
+        return file.read_text(errors="ignore") if file.is_file() and file.stat().st_size <= MAX_READ else None
     except OSError:  # not a path (too long, say), or unreadable
         return None
 
 
-def deepspeed_requested(argv: list[str]) -> bool:
-    """A DeepSpeed launch (`accelerate launch` with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED), or any mention
-    of deepspeed in the arguments or in a file they name (a recipe's `deepspeed: ds_config.json`, say)."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("true", "1"):
+def read_request(argv: list[str]) -> tuple[list[str], list[tuple[str, Any]]]:
+    """What a command is given: the texts of its arguments and of the files they name, YAML and JSON files named in
+    those included; and (key, value) of every setting among them (a YAML file's keys at every depth, a list item's
+    key being its list's; a file that is not YAML is only text)."""
+    texts: list[str] = []
+    items: list[tuple[str, Any]] = []
+    seen: set[str] = set()
+
+    def read(path: str, depth: int, folder: Path | None = None) -> bool:
+        """Read `path` (or `folder / path`, a file named relative to the file naming it) and what it names."""
+        for candidate in (path, str(folder / path) if folder else None):
+            text = read_file(candidate) if candidate and candidate not in seen else None
+            if text is not None:
+                path = candidate
+                break
+        else:
+            return False
+        seen.add(path)
+        texts.append(text)
+        try:
+            found = list(nested_items("", yaml.safe_load(text)))
+        except yaml.YAMLError:
+            return True
+        items.extend(found)
+        for _, value in found:
+            if depth < 3 and isinstance(value, str) and value.endswith((".yaml", ".yml", ".json")):
+                read(value, depth + 1, Path(path).parent)
         return True
-    return any("deepspeed" in (read_argument(arg) or arg).lower() for arg in argv)
 
-
-def recipe_items(argv: list[str]) -> Iterator[tuple[str, Any]]:
-    """(key, value) of every setting the command line gives: its overrides, and each named YAML file's keys at every
-    depth (a list item's key is its list's). A file that is not YAML yields its text under the key ''."""
     for i, arg in enumerate(argv):
-        text = read_argument(arg)
-        if text is not None:
-            try:
-                yield from nested_items("", yaml.safe_load(text))
-            except yaml.YAMLError:
-                yield "", text
-        elif arg.startswith("--") and "=" not in arg:  # `--key value` or a bare `--flag`
+        if read(arg, 0):
+            continue
+        texts.append(arg)
+        if arg.startswith("--") and "=" not in arg:  # `--key value` or a bare `--flag`
             following = argv[i + 1] if i + 1 < len(argv) else ""
-            yield arg[2:], "true" if not following or following.startswith("--") or "=" in following else following
+            items.append((arg[2:], "true" if not following or following.startswith("--") or "=" in following
+                          else following))
         else:  # `key=value`, `--key=value`, or a value already read with its `--key`
             key, _, value = arg.lstrip("-").rpartition("=")
-            yield key, value
+            items.append((key, value))
+            if value.endswith((".yaml", ".yml", ".json")):
+                read(value, 1)
+    return texts, items
+
+
+def deepspeed_requested(texts: list[str]) -> bool:
+    """A DeepSpeed launch (`accelerate launch` with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED), or any mention
+    of deepspeed (a recipe's `deepspeed: ds_config.json`, say)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("true", "1"):
+        return True
+    return any("deepspeed" in text.lower() for text in texts)
+
+
+def wandb_requested(texts: list[str], items: list[tuple[str, Any]]) -> bool:
+    """Any mention of wandb (`report_to: wandb`), or `report_to: all`, which logs to every dashboard installed."""
+    return any("wandb" in text.lower() for text in texts) or any(
+        key.endswith("report_to") and "all" in str(value).lower() for key, value in items)
 
 
 def nested_items(key: str, value: Any) -> Iterator[tuple[str, Any]]:
@@ -120,11 +157,9 @@ def model_may_be_quantized(name: str, look_in_cache: bool = True, depth: int = 0
         return True
 
 
-def bitsandbytes_requested(argv: list[str]) -> bool:
-    """A 4-bit or 8-bit load, a bitsandbytes optimizer, or a model that may be saved quantized, anywhere in the
-    command line or the recipe files it names. The hub cache holds `main`: a model pinned to another revision is
-    not looked up there."""
-    items = list(recipe_items(argv))
+def bitsandbytes_requested(items: list[tuple[str, Any]]) -> bool:
+    """A 4-bit or 8-bit load, a bitsandbytes optimizer, or a model that may be saved quantized, anywhere among the
+    settings. The hub cache holds `main`: a model pinned to another revision is not looked up there."""
     pinned = any(key.endswith("revision") and str(value).lower() not in FALSE | {"main"} for key, value in items)
     for key, value in items:
         text = str(value).lower()
@@ -140,14 +175,21 @@ def bitsandbytes_requested(argv: list[str]) -> bool:
     return False
 
 
-def leave_out_unused_libraries(argv: list[str]) -> None:
-    """Mark deepspeed and bitsandbytes absent for this stage process unless it uses them (or they are loaded)."""
+def leave_out_unused_libraries(argv: list[str], orchestrator: bool = False) -> None:
+    """Mark deepspeed, bitsandbytes and wandb absent for this process unless it uses them (or they are loaded).
+    An orchestrator (`zephyr run`, `zephyr sweep`) starts its stages and trials as processes of their own and loads
+    no model: bitsandbytes goes whatever it is given, and deepspeed stays, as checking a recipe that names a
+    DeepSpeed config reads it with DeepSpeed's own code."""
     if os.environ.get("ZEPHYR_IMPORT_ALL", "").lower() in ("1", "true"):
         return
-    unused = [name for name, requested in (("deepspeed", deepspeed_requested), ("bitsandbytes", bitsandbytes_requested))
-              if name not in sys.modules and not requested(argv)]
+    texts, items = read_request(argv)
+    requested = {"bitsandbytes": lambda: not orchestrator and bitsandbytes_requested(items),
+                 "wandb": lambda: wandb_requested(texts, items)}
+    if not orchestrator:
+        requested["deepspeed"] = lambda: deepspeed_requested(texts)
+    unused = [name for name, asked in requested.items() if name not in sys.modules and not asked()]
     for name in unused:
         sys.modules[name] = None
     if unused:
-        logger.info("not loading %s: this run does not use %s (ZEPHYR_IMPORT_ALL=1 loads them)",
-                    " or ".join(unused), "them" if len(unused) > 1 else "it")
+        logger.info("not loading %s: this run does not use %s (ZEPHYR_IMPORT_ALL=1 loads everything)",
+                    ", ".join(sorted(unused)), "them" if len(unused) > 1 else "it")
