@@ -118,6 +118,9 @@ def test_every_stage_runs_in_order_and_writes_its_outputs(reference):
     results = json.loads((root / "eval" / "results.json").read_text())
     assert set(results["models"]) == {"sft", "dpo"} and "reward_accuracy" in results
     assert (root / "eval" / "scores.png").is_file() and (root / "eval" / "results.md").is_file()
+    for log in (root / "tiny_model.log", root / "sft" / "stage.log", root / "eval" / "stage.log"):  # no optional
+        text = log.read_text()  # library the run does not use is loaded (zephyr/optional_imports.py)
+        assert "not loading bitsandbytes, deepspeed, wandb" in text and "real_accelerator" not in text, log
 
 
 def test_rerun_skips_complete_stages_and_from_only_rerun_parts(reference, tmp_path):

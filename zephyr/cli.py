@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             return code
     if lean:  # before the command imports accelerate, transformers and peft
         leave_out_unused_libraries(argv[1:], orchestrator=argv[0] in ORCHESTRATORS)
+    elif whole_process and argv[0] == "tiny-model":
+        leave_out_unused_libraries([])  # it builds a model from nothing: given nothing, it needs none of them
     return command[0](argv[1:])
 
 

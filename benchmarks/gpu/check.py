@@ -58,7 +58,7 @@ class Scale:
 
 GPU = Scale(big=(2048, 20, 32, 8, 5632), small=(768, 8, 12, 4, 2048), pairs=512, batch=8, max_length=1024,
             max_words=300, gen_requests=256, gen_tokens=128, gen_batch=64, matmul_n=8192, budget_s=420)
-SMOKE = Scale(big=(64, 2, 4, 2, 192), small=(64, 2, 4, 2, 192), pairs=16, batch=8, max_length=256, max_words=40,
+SMOKE = Scale(big=(64, 2, 4, 2, 192), small=(64, 2, 4, 2, 192), pairs=16, batch=8, max_length=128, max_words=20,
               gen_requests=16, gen_tokens=8, gen_batch=8, matmul_n=256, budget_s=300)
 
 
