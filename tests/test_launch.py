@@ -12,9 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from safetensors.torch import load_file
 
 from zephyr.launch import LaunchSettings, stage_command
 from zephyr.pipeline import MARKER, run_pipeline
@@ -159,12 +157,10 @@ def rank_processes(marker: str) -> list[int]:
 
 @pytest.mark.slow
 def test_two_process_launch_matches_one_process_and_survives_kill_9(tiny_dir, tmp_path):
-    """--launch cpu_2proc: dSFT runs as two ranks (global batch 8 = 2 x 4) and saves the weights the one-process
-    pipeline saves (8 x 1); kill -9 of `zephyr run` mid-dSFT leaves no rank behind, and the rerun resumes and ends
-    with the same weights. (dDPO takes the same launch path; test_distributed.py compares it, and every other
-    training stage, under each launcher.)"""
-    one = tiny_pipeline(tmp_path / "one", tiny_dir, {"sft": {}})
-    finish(zephyr_run(one))
+    """--launch cpu_2proc: dSFT runs as two ranks (global batch 8 = 2 x 4); kill -9 of `zephyr run` mid-dSFT leaves
+    no rank behind, and the rerun resumes and finishes. That two ranks x 4 train as one process x 8 is
+    test_distributed.py's (`--accelerate-config cpu_2proc`, the command `--launch` builds, and every other launcher
+    and training stage); that a resumed two-rank run ends where an uninterrupted one does, test_reliability.py's."""
     two = tiny_pipeline(tmp_path / "two", tiny_dir, {"sft": {"per_device_train_batch_size": 4}})
     proc = zephyr_run(two, "--launch", "cpu_2proc")
     sft = tmp_path / "two" / "root" / "sft"
@@ -183,12 +179,9 @@ def test_two_process_launch_matches_one_process_and_survives_kill_9(tiny_dir, tm
     log = (sft / "stage.log").read_text()
     assert "accelerate.commands.launch --config_file" in log and "cpu_2proc.yaml" in log
     assert "zephyr: sft rank 0 of 2" in log and "zephyr: sft rank 1 of 2" in log
-    assert json.loads((sft / "trainer_state.json").read_text())["train_batch_size"] == 4  # per device: 2 x 4 = 8
-    a = load_file(tmp_path / "one" / "root" / "sft" / "model.safetensors")
-    b = load_file(sft / "model.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
-    assert "stage sft: done" in out
+    state = json.loads((sft / "trainer_state.json").read_text())
+    assert state["train_batch_size"] == 4 and state["global_step"] == 4  # per device: 2 x 4 = 8, 32 rows
+    assert (sft / "model.safetensors").is_file() and "stage sft: done" in out
 
 
 @pytest.mark.slow

@@ -63,19 +63,20 @@ def test_grid_runs_every_combination_ranks_them_and_exports_the_best(tiny_dir, t
 @pytest.mark.slow
 def test_random_and_tpe_sample_the_space_and_a_failing_trial_is_recorded(tiny_dir, tmp_path):
     space = {"beta": {"low": 0.05, "high": 0.5, "log": True}, "loss_type": {"choices": ["sigmoid", "nonsense"]}}
-    # TPE draws at random for its first 10 trials (optuna's n_startup_trials), the same draws as the random sampler
-    # with the same seed: more TPE trials here would repeat the random ones, so TPE runs one, end to end
-    for strategy, trials in (("random", 3), ("tpe", 1)):
-        cfg = config(sweep_config(tiny_dir, tmp_path / strategy, space, strategy=strategy, trials=trials))
-        rows = run_sweep(cfg)
-        assert len(rows) == trials and all(0.05 <= r["params"]["beta"] <= 0.5 for r in rows)
-        for r in rows:  # an unknown loss type fails its trial; the sweep goes on
-            if r["params"]["loss_type"] == "nonsense":
-                assert r["state"] == "FAIL" and "exit code" in r["error"]
-            else:
-                assert r["state"] == "COMPLETE" and isinstance(r["value"], float)
-        if strategy == "random":  # seed 0 draws both loss types: a failed trial and the sweep going on past it
-            assert {r["state"] for r in rows} == {"COMPLETE", "FAIL"}
+    cfg = config(sweep_config(tiny_dir, tmp_path / "random", space, strategy="random", trials=3))
+    rows = run_sweep(cfg)
+    assert len(rows) == 3 and all(0.05 <= r["params"]["beta"] <= 0.5 for r in rows)
+    for r in rows:  # an unknown loss type fails its trial; the sweep goes on
+        if r["params"]["loss_type"] == "nonsense":
+            assert r["state"] == "FAIL" and "exit code" in r["error"]
+        else:
+            assert r["state"] == "COMPLETE" and isinstance(r["value"], float)
+    assert {r["state"] for r in rows} == {"COMPLETE", "FAIL"}  # seed 0 draws both: a failure, and the sweep goes on
+    # TPE draws at random for its first 10 trials (optuna's n_startup_trials), the random sampler's draws with the
+    # same seed, so its trials would repeat these; what differs is the study's sampler
+    tpe = make_study(config(sweep_config(tiny_dir, tmp_path / "tpe", space, strategy="tpe", trials=1)))
+    assert isinstance(tpe.sampler, optuna.samplers.TPESampler)
+    assert [t.params for t in make_study(cfg).trials] == [r["params"] for r in sorted(rows, key=lambda r: r["trial"])]
 
 
 @pytest.mark.slow
