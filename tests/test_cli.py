@@ -217,3 +217,34 @@ def test_a_stage_without_its_required_keys_says_which(capsys):
     assert capsys.readouterr().err.strip() == (
         "zephyr: error: command line: missing required key(s) prompts, generators, judge, output_dir "
         "(see `zephyr aif --help` for every key)")
+
+
+
+RANK_EXIT = """
+import atexit, sys, threading, time
+class Teardown:
+    def __del__(self):  # runs when the interpreter tears down this module
+        print("interpreter teardown", flush=True)
+keep = Teardown()
+from zephyr.cli import main
+code = main()  # a whole zephyr process: the command line is sys.argv
+threading.Thread(target=lambda: (time.sleep(0.2), print("thread joined", flush=True))).start()
+atexit.register(lambda: print("exit handler", flush=True))
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(("args", "code"), [(["--version"], 0), (["nosuchcommand"], 2), (["report", "--bogus"], 2)])
+def test_a_rank_of_a_launch_ends_after_its_threads_and_exit_handlers_without_interpreter_teardown(args, code):
+    """A rank (WORLD_SIZE > 1) must not reach the interpreter teardown, where a gloo thread still releasing the last
+    collective aborts it (zephyr/launch.py: end_rank_before_teardown). Its exit code, the joining of its threads
+    and its exit handlers stay Python's; a plain process tears down as usual."""
+    returned = args[0] != "report"  # argparse's SystemExit leaves main before the script goes on
+    for world_size, teardown in (("2", 0), ("1", 1))[:2 if code == 0 else 1]:  # and once, the plain process
+        env = {**os.environ, "WORLD_SIZE": world_size}
+        proc = subprocess.run([sys.executable, "-c", RANK_EXIT, *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert proc.returncode == code, proc.stderr[-2000:]
+        lines = proc.stdout.splitlines()
+        assert lines.count("interpreter teardown") == teardown, (world_size, lines)
+        assert lines.count("thread joined") == lines.count("exit handler") == returned, (world_size, lines)

@@ -9,7 +9,9 @@ and the embedded-default build run as one plain process each.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -220,6 +222,36 @@ def watch_parent() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=poll, name="zephyr-watch-parent", daemon=True).start()
+
+
+@dataclass
+class RankEnding:
+    code: int = 1  # an uncaught exception's: Python prints its traceback before the exit handlers run
+
+
+def end_rank_before_teardown() -> RankEnding | None:
+    """In a rank of a multi-process launch (WORLD_SIZE > 1): end the process with `code` once Python's shutdown
+    has joined its threads and run the exit handlers registered after this one, before the interpreter is torn
+    down.
+
+    Why: a gloo worker thread of torch can still be releasing a finished collective (the last barrier, holding the
+    ZeRO all-gathers before it) whose tensors hold Python objects. If the interpreter is being torn down, that
+    thread's request for the GIL ends it inside a C++ destructor, and the rank aborts ("terminate called without an
+    active exception", SIGABRT) after the stage saved everything; the launcher then fails the stage. Seen under
+    DeepSpeed ZeRO on CPU, a few times in a hundred launches on a loaded machine; the core dump shows exactly that
+    thread. torch does not guard it (pytorch/pytorch#179291 was closed unmerged). Returns None elsewhere."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    ending = RankEnding()
+
+    def end() -> None:  # registered first, so it runs last (exit handlers run in reverse order)
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(ending.code)
+
+    atexit.register(end)
+    return ending
 
 
 @dataclass

@@ -38,6 +38,7 @@ BITSANDBYTES_WORDS = ("4bit", "8bit", "bnb", "bitsandbytes", "paged_", "quantiz"
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name; it may be a model, or a dataset
 FALSE = {"", "false", "no", "off", "0", "none", "null", "~"}
 MAX_READ = 1 << 20  # recipes, pipelines, sweeps and DeepSpeed configs are a few KiB
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")  # a value ending so names a file that is read too
 
 
 def read_file(path: str) -> str | None:
@@ -75,7 +76,7 @@ def read_request(argv: list[str]) -> tuple[list[str], list[tuple[str, Any]]]:
             return True
         items.extend(found)
         for _, value in found:
-            if depth < 3 and isinstance(value, str) and value.endswith((".yaml", ".yml", ".json")):
+            if depth < 3 and isinstance(value, str) and value.endswith(CONFIG_SUFFIXES):
                 read(value, depth + 1, Path(path).parent)
         return True
 
@@ -90,7 +91,7 @@ def read_request(argv: list[str]) -> tuple[list[str], list[tuple[str, Any]]]:
         else:  # `key=value`, `--key=value`, or a value already read with its `--key`
             key, _, value = arg.lstrip("-").rpartition("=")
             items.append((key, value))
-            if value.endswith((".yaml", ".yml", ".json")):
+            if value.endswith(CONFIG_SUFFIXES):
                 read(value, 1)
     return texts, items
 

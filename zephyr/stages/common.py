@@ -189,9 +189,8 @@ def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ..
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
         logger.info("%s done: %s", label, shown)
         logger.info("model, tokenizer, chat template, metrics and model card in %s", training_args.output_dir)
-    # Every rank waits for rank 0's writes, then leaves the process group. A rank that exits while the group is
-    # alive can abort in its communication threads ("terminate called without an active exception", seen under
-    # ZeRO-3 on CPU), and the launcher then fails the whole stage after the model was saved.
+    # Every rank waits for rank 0's writes (the launcher ends the stage when every rank has exited), then leaves the
+    # process group. A rank then ends without the interpreter teardown (zephyr/launch.py end_rank_before_teardown).
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     return metrics
