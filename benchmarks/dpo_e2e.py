@@ -33,8 +33,9 @@ Lines of the table (SIDES below; add a line by adding a Side):
              on disk; packed forward, each pair's prompt computed once, the LM head only on answer positions
              and, on CPU, zephyr's log-prob kernel), from a recipe this script writes. Like every `zephyr`
              process it leaves out the optional libraries its run does not use (zephyr/optional_imports.py:
-             ~2.8 CPU-s of imports at start); the baseline imports them as TRL and peft do. Results recorded
-             before 2026-12-01 predate this.
+             ~2.8 CPU-s of imports at start) and ends without the interpreter teardown (zephyr/launch.py:
+             ~1 CPU-s); the baseline imports them as TRL and peft do, and tears down as Python does. The
+             recorded results (results_dpo_e2e_cpu*.json, commit c9adcea) predate both.
   With --sides, lines that each switch one lever (see SIDES): no-share (share_prompt false), head-all
   (lm_head_labels_only false), trl-kernel (cpu_log_prob_kernel false), unpacked (packed_forward false), no-ckpt (gradient_checkpointing false: not a
   zephyr default, it trades activation memory for time). Each adds 3-5 minutes at the default sizes.

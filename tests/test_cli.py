@@ -220,14 +220,16 @@ def test_a_stage_without_its_required_keys_says_which(capsys):
 
 
 
-RANK_EXIT = """
+
+EXIT = """
 import atexit, sys, threading, time
 class Teardown:
     def __del__(self):  # runs when the interpreter tears down this module
         print("interpreter teardown", flush=True)
 keep = Teardown()
 from zephyr.cli import main
-code = main()  # a whole zephyr process: the command line is sys.argv
+how = sys.argv.pop(1)
+code = main(None if how == "whole" else sys.argv[1:])  # None: a whole zephyr process (sys.argv[1:])
 threading.Thread(target=lambda: (time.sleep(0.2), print("thread joined", flush=True))).start()
 atexit.register(lambda: print("exit handler", flush=True))
 sys.exit(code)
@@ -235,16 +237,17 @@ sys.exit(code)
 
 
 @pytest.mark.parametrize(("args", "code"), [(["--version"], 0), (["nosuchcommand"], 2), (["report", "--bogus"], 2)])
-def test_a_rank_of_a_launch_ends_after_its_threads_and_exit_handlers_without_interpreter_teardown(args, code):
-    """A rank (WORLD_SIZE > 1) must not reach the interpreter teardown, where a gloo thread still releasing the last
-    collective aborts it (zephyr/launch.py: end_rank_before_teardown). Its exit code, the joining of its threads
-    and its exit handlers stay Python's; a plain process tears down as usual."""
+def test_a_zephyr_process_ends_after_its_threads_and_exit_handlers_without_interpreter_teardown(args, code):
+    """A whole zephyr process skips the interpreter teardown (zephyr/launch.py: exit_without_teardown): in a rank of
+    a launch (WORLD_SIZE 2), a gloo thread still releasing the last collective aborts it there, and everywhere it is
+    about 1 CPU-s. Its exit code, the joining of its threads and its exit handlers stay Python's. A call from Python
+    changes nothing of the caller's exit."""
     returned = args[0] != "report"  # argparse's SystemExit leaves main before the script goes on
-    for world_size, teardown in (("2", 0), ("1", 1))[:2 if code == 0 else 1]:  # and once, the plain process
-        env = {**os.environ, "WORLD_SIZE": world_size}
-        proc = subprocess.run([sys.executable, "-c", RANK_EXIT, *args], cwd=REPO, capture_output=True, text=True,
-                              timeout=120, env=env)
+    cases = [("whole", "2", 0), ("whole", "1", 0)] + ([("call", "1", 1)] if code == 0 else [])
+    for how, world_size, teardown in cases:
+        proc = subprocess.run([sys.executable, "-c", EXIT, how, *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "WORLD_SIZE": world_size})
         assert proc.returncode == code, proc.stderr[-2000:]
         lines = proc.stdout.splitlines()
-        assert lines.count("interpreter teardown") == teardown, (world_size, lines)
-        assert lines.count("thread joined") == lines.count("exit handler") == returned, (world_size, lines)
+        assert lines.count("interpreter teardown") == teardown, (how, world_size, lines)
+        assert lines.count("thread joined") == lines.count("exit handler") == returned, (how, world_size, lines)

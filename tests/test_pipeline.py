@@ -79,11 +79,15 @@ def outputs(root: Path) -> dict:
     }
 
 
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
 def assert_same(a: dict, b: dict) -> None:
     for model in ("sft", "dpo"):
-        assert a[model].keys() == b[model].keys()
-        for k in a[model]:
-            torch.testing.assert_close(a[model][k], b[model][k], atol=1e-6, rtol=0)
+        assert_same_weights(a[model], b[model])
     assert a["pairs"] == b["pairs"]
     assert a["scores"] == b["scores"]
 
@@ -180,10 +184,14 @@ def test_forced_rerun_killed_midway_resumes_its_own_checkpoints_not_the_old_runs
     # the newest checkpoint the new run saved before the kill (checkpoint-4, or a later one under load)
     newest = max((p.parent for p in (root / "sft").glob("checkpoint-*/trainer_state.json")),
                  key=lambda c: int(c.name.split("-")[1]))
-    log = finish(run_cli(pipeline, root))
-    assert f"resuming from {newest}" in log
-    assert "stage aif: starting" in log and "stage dpo: starting" in log  # what follows dSFT is redone
-    assert_same(outputs(root), outputs(ref_root))
+    proc = run_cli(pipeline, root)  # resumes the new run's dSFT; killed once dSFT is done (the kill test, above,
+    wait_for(lambda: (root / "sft" / MARKER).exists(), proc)  # finishes a resumed pipeline to the same outputs)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate()
+    assert f"resuming from {newest}" in out
+    assert_same_weights(load_file(root / "sft" / "model.safetensors"), load_file(ref_root / "sft" / "model.safetensors"))
+    plan = run_pipeline(pipeline, root=str(root), dry_run=True)["plan"]  # what follows dSFT is redone: older than it
+    assert plan["sft"] == "done" and plan["aif"] in ("stale", "to run") and plan["dpo"] == plan["eval"] == "stale"
 
 
 def test_a_reward_model_judges_aif_and_a_second_round_trains_the_newest_policy(reference, tmp_path):

@@ -215,10 +215,10 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     whole_process = argv is None  # `zephyr ...` or `python -m zephyr.cli ...`, not a call from Python
     argv = sys.argv[1:] if argv is None else argv
-    from zephyr.launch import end_rank_before_teardown, watch_parent
+    from zephyr.launch import exit_without_teardown, watch_parent
 
     watch_parent()  # started by `zephyr run`: do not outlive it
-    ending = end_rank_before_teardown() if whole_process else None  # a rank: no interpreter teardown
+    ending = exit_without_teardown() if whole_process else None
     try:
         code = run_command(argv, whole_process)
     except SystemExit as stop:  # argparse's errors; a training stage that stopped (143 on SIGTERM, ...)

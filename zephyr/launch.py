@@ -225,29 +225,31 @@ def watch_parent() -> None:
 
 
 @dataclass
-class RankEnding:
+class Ending:
     code: int = 1  # an uncaught exception's: Python prints its traceback before the exit handlers run
 
 
-def end_rank_before_teardown() -> RankEnding | None:
-    """In a rank of a multi-process launch (WORLD_SIZE > 1): end the process with `code` once Python's shutdown
-    has joined its threads and run the exit handlers registered after this one, before the interpreter is torn
-    down.
+def exit_without_teardown() -> Ending:
+    """End this process with `Ending.code` once Python's shutdown has joined its threads and run the exit handlers
+    registered after this call (the libraries': wandb's, the hub's uploads...), before the interpreter tears itself
+    down. Called first thing by a whole `zephyr` process.
 
-    Why: a gloo worker thread of torch can still be releasing a finished collective (the last barrier, holding the
-    ZeRO all-gathers before it) whose tensors hold Python objects. If the interpreter is being torn down, that
-    thread's request for the GIL ends it inside a C++ destructor, and the rank aborts ("terminate called without an
-    active exception", SIGABRT) after the stage saved everything; the launcher then fails the stage. Seen under
-    DeepSpeed ZeRO on CPU, a few times in a hundred launches on a loaded machine; the core dump shows exactly that
-    thread. torch does not guard it (pytorch/pytorch#179291 was closed unmerged). Returns None elsewhere."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    ending = RankEnding()
+    Why, in a rank of a multi-process launch: a gloo worker thread of torch can still be releasing a finished
+    collective (the last barrier, holding the ZeRO all-gathers before it) whose tensors hold Python objects. If the
+    interpreter is being torn down, that thread's request for the GIL ends it inside a C++ destructor, and the rank
+    aborts ("terminate called without an active exception", SIGABRT) after the stage saved everything; the launcher
+    then fails the stage. Seen under DeepSpeed ZeRO on CPU, about once in ten launches on a loaded machine; the core
+    dump shows that thread. torch does not guard it (pytorch/pytorch#179291 was closed unmerged).
+    Everywhere: the teardown (freeing every module of torch, transformers and TRL one by one) is about 1 CPU-s of
+    every command, and nothing zephyr writes waits for it: files are closed where they are written, and the
+    libraries' dashboards and uploads finish in their exit handlers or threads, which still run."""
+    ending = Ending()
 
     def end() -> None:  # registered first, so it runs last (exit handlers run in reverse order)
-        logging.shutdown()
+        logging.shutdown()  # the one handler registered before this one (by `import logging`)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+        ctypes.CDLL(None).fflush(None)  # what C and C++ code printed, which _exit would not flush
         os._exit(ending.code)
 
     atexit.register(end)

@@ -190,7 +190,7 @@ def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ..
         logger.info("%s done: %s", label, shown)
         logger.info("model, tokenizer, chat template, metrics and model card in %s", training_args.output_dir)
     # Every rank waits for rank 0's writes (the launcher ends the stage when every rank has exited), then leaves the
-    # process group. A rank then ends without the interpreter teardown (zephyr/launch.py end_rank_before_teardown).
+    # process group. A rank then ends without the interpreter teardown (zephyr/launch.py exit_without_teardown).
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     return metrics
