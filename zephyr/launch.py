@@ -248,7 +248,10 @@ def exit_without_teardown() -> Ending:
     def end() -> None:  # registered first, so it runs last (exit handlers run in reverse order)
         logging.shutdown()  # the one handler registered before this one (by `import logging`)
         for stream in (sys.stdout, sys.stderr):
-            stream.flush()
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe (`zephyr ... | head`), a closed stream
+                pass
         ctypes.CDLL(None).fflush(None)  # what C and C++ code printed, which _exit would not flush
         os._exit(ending.code)
 
