@@ -219,8 +219,6 @@ def test_a_stage_without_its_required_keys_says_which(capsys):
         "(see `zephyr aif --help` for every key)")
 
 
-
-
 EXIT = """
 import atexit, sys, threading, time
 class Teardown:

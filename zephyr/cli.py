@@ -215,23 +215,19 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     whole_process = argv is None  # `zephyr ...` or `python -m zephyr.cli ...`, not a call from Python
     argv = sys.argv[1:] if argv is None else argv
-    from zephyr.launch import exit_without_teardown, watch_parent
+    from zephyr.launch import Ending, exit_without_teardown, watch_parent
 
     watch_parent()  # started by `zephyr run`: do not outlive it
-    ending = exit_without_teardown() if whole_process else None
+    ending = exit_without_teardown() if whole_process else Ending()  # a call from Python: noted, never used
     try:
-        code = run_command(argv, whole_process)
+        ending.code = run_command(argv, whole_process)
     except SystemExit as stop:  # argparse's errors; a training stage that stopped (143 on SIGTERM, ...)
-        if ending:
-            ending.code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        ending.code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
         raise
     except KeyboardInterrupt:
-        if ending:
-            ending.code = 128 + signal.SIGINT
+        ending.code = 128 + signal.SIGINT
         raise
-    if ending:
-        ending.code = code
-    return code
+    return ending.code
 
 
 def run_command(argv: list[str], whole_process: bool) -> int:
