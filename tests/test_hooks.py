@@ -112,7 +112,30 @@ def test_hook_is_reached_in_a_short_run(key, short_runs):
             assert logged and getattr(trainer, hook.name, None) == logged[-1], (
                 f"{stage}: TRL no longer logs num_tokens from {hook.name}. {explain(hook)}")
         return
+    if hook.key == "transformers.models.mixtral.modeling_mixtral.load_balancing_loss_func":
+        assert moe_packed_forward_calls()[key] > 0, f"{hook.key} not reached by a packed MoE forward. {explain(hook)}"
+        return
     assert short_runs.calls[key] > 0, f"{hook.key} was never reached in a short training run. {explain(hook)}"
+
+
+def moe_packed_forward_calls():
+    """The hooks a packed forward of a tiny Mixtral with router logits reaches (the tiny model has no experts)."""
+    import transformers
+    from trl.trainer.utils import add_fused_lm_head
+
+    from zephyr.packing import PackedForward
+
+    config = transformers.AutoConfig.for_model("mixtral", num_hidden_layers=1, hidden_size=16, intermediate_size=32,
+                                               num_attention_heads=2, num_key_value_heads=1, vocab_size=32,
+                                               num_local_experts=2, num_experts_per_tok=1)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    add_fused_lm_head(model)
+    ids = torch.tensor([[3, 4, 5, 0], [6, 7, 0, 0]])
+    with recording() as calls:
+        out = PackedForward(model, 0)(ids, (ids > 0).long(), ids.masked_fill(ids == 0, -100), fused_lm_head=True,
+                                      output_router_logits=True)
+    assert out.aux_loss is not None
+    return calls
 
 
 def test_the_library_still_calls_the_zephyr_side_of_every_hook(short_runs):

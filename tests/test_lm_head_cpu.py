@@ -4,6 +4,7 @@ outputs, the same gradients) and zephyr/hooks/lm_head.py swaps it in for CPU ten
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -73,3 +74,40 @@ def test_hook_runs_zephyrs_kernel_on_cpu_and_restores_trls():
                                                   1.0, ("log_probs",))
     assert "CPULogProb" in type(out[0].grad_fn).__name__
     assert utils._ChunkedLogProbFunction is original
+
+
+def test_cpu_kernel_under_bf16_autocast_matches_autograd_on_the_same_bf16_logits():
+    """Under autocast the projection is a bf16 matmul; the kernel's backward recomputes it in that same dtype, so
+    its gradients are those of the bf16 logits it scored. The reference is autograd through exactly those logits
+    (bf16-rounded operands and outputs, gradients in fp32): the two then differ by fp32 summation order only.
+    (Recomputing the logits in fp32 against a log_z taken from bf16 logits put the gradients ~1e-2 off.)"""
+    gen = torch.Generator().manual_seed(0)
+    n, h, v = 40, 32, 500
+    hidden = torch.randn(n, h, generator=gen).requires_grad_()
+    weight = torch.randn(v, h, generator=gen).mul(0.3).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=gen)
+    scale = torch.linspace(0.5, 1.5, n)
+
+    def bf16_rounded(x):  # the value bf16 holds, with an fp32 gradient passed straight through
+        return x + (x.bfloat16().float() - x).detach()
+
+    def grads(fn, autocast):
+        hidden.grad = weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            log_probs = fn()
+        (log_probs.float() * scale).sum().backward()
+        return log_probs.detach().float(), hidden.grad.clone(), weight.grad.clone()
+
+    def autograd():
+        logits = bf16_rounded(bf16_rounded(hidden) @ bf16_rounded(weight).t())
+        return logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+
+    def kernel():
+        return CPULogProb.apply(hidden, weight, None, targets, 1.0, 32768, None, 1.0, ("log_probs",))[0]
+
+    want, got = grads(autograd, False), grads(kernel, True)
+    # fp32 sums of ~v terms in another order; a logit on a bf16 rounding boundary may land one bf16 ulp away
+    tol = 4 * torch.finfo(torch.float32).eps * math.sqrt(v) * 8
+    torch.testing.assert_close(got[0], want[0], atol=tol, rtol=0)
+    for g, w in zip(got[1:], want[1:], strict=True):
+        assert float((g - w).abs().max() / w.abs().max()) < tol

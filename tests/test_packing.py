@@ -135,6 +135,7 @@ def test_shared_prompt_log_probs_equal_padded_with_fewer_tokens_and_no_leak_betw
                                                                                            kernel):
     """Each pair's prompt computed once (zephyr/packing.py): the padded forward's log-probs for both answers, fewer
     computed tokens than plain packing, and the rejected answer does not see the chosen one."""
+    from zephyr.levers import choose_layout
     from zephyr.packing import SharedPromptForward, shared_prompt_layout
 
     trainer, batch = batch_and_trainer(tiny_dir, tmp_path)
@@ -142,7 +143,7 @@ def test_shared_prompt_log_probs_equal_padded_with_fewer_tokens_and_no_leak_betw
     model.set_attn_implementation(kernel)
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     pad = trainer.processing_class.pad_token_id
-    shared = SharedPromptForward(model, pad, kernel)
+    shared = SharedPromptForward(model, pad, choose_layout(model.config, True, True, kernel).masks)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
         padded_out = fused(model, batch, labels)

@@ -6,6 +6,10 @@ out-of-place elementwise ops. On a 2-core CPU that fallback was ~75% of a dDPO s
 it memory traffic, not the matmuls. This is the same computation (same inputs, outputs and gradients as TRL's
 `ChunkedLogProbFunction`) on tiles that fit in cache, updated in place, and with one pass per tile where TRL's
 fallback makes several. `zephyr/hooks/lm_head.py` swaps it in for CPU tensors only.
+
+Like TRL's kernel, the projection runs in the compute dtype in force at the forward (autocast's, else the
+hidden states'), and the backward recomputes it in that same dtype: logits recomputed in fp32 against a `log_z`
+taken from bf16 logits would give gradients that belong to neither.
 """
 
 from __future__ import annotations
@@ -13,9 +17,18 @@ from __future__ import annotations
 import math
 
 import torch
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 TOKENS = 256  # rows of a tile
 VOCAB = 4096  # columns of a tile: 256 x 4096 fp32 = 4 MiB
+
+
+def _logits(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """One tile of logits, projected in the compute dtype, returned in fp32."""
+    z = (h.to(dtype) @ w.to(dtype).t()).float()
+    if bias is not None:
+        z += bias.to(dtype).float()
+    return z
 
 
 def _transform(tile: torch.Tensor, logit_scale: float, softcap: float | None, inv_t: float) -> torch.Tensor | None:
@@ -40,6 +53,8 @@ class CPULogProb(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
                 logit_scale=1.0, outputs=("log_probs",)):
         ctx.set_materialize_grads(False)  # entropy is usually logged only: no zero gradient to fold in
+        device = hidden.device.type
+        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         n, vocab = hidden.shape[0], weight.shape[0]
         inv_t, softcap = 1.0 / temperature, final_logit_softcapping
         f32 = dict(dtype=torch.float32, device=hidden.device)
@@ -53,9 +68,7 @@ class CPULogProb(torch.autograd.Function):
             m, s = running_max[a:b], sum_exp[a:b]
             for v0 in range(0, vocab, VOCAB):
                 v1 = min(v0 + VOCAB, vocab)
-                z = (h @ weight[v0:v1].t()).float()
-                if bias is not None:
-                    z += bias[v0:v1].float()
+                z = _logits(h, weight[v0:v1], None if bias is None else bias[v0:v1], compute)
                 _transform(z, logit_scale, softcap, inv_t)
                 inside = (tgt >= v0) & (tgt < v1)
                 local = (tgt - v0).clamp(0, v1 - v0 - 1)
@@ -81,14 +94,20 @@ class CPULogProb(torch.autograd.Function):
         mean_logits = z_sum / vocab if "mean_logits" in want else None
         is_top1 = top == targets if "is_top1" in want else None
         ctx.save_for_backward(hidden, weight, bias, targets, log_z, log_z if entropy is None else entropy)
-        ctx.settings = (inv_t, softcap, logit_scale)
+        ctx.settings = (inv_t, softcap, logit_scale, compute)
         ctx.mark_non_differentiable(*(x for x in (log_sum_sq, mean_logits, is_top1) if x is not None))
         return log_probs, entropy, log_sum_sq, mean_logits, is_top1
 
     @staticmethod
     def backward(ctx, grad_log_probs, grad_entropy, *_):
         hidden, weight, bias, targets, log_z, entropy = ctx.saved_tensors
-        inv_t, softcap, logit_scale = ctx.settings
+        with maybe_gather_lm_head_ctx(weight, bias):  # ZeRO-3: the head's weight is a shard again by now
+            return CPULogProb._backward(ctx, hidden, weight, bias, targets, log_z, entropy, grad_log_probs,
+                                        grad_entropy)
+
+    @staticmethod
+    def _backward(ctx, hidden, weight, bias, targets, log_z, entropy, grad_log_probs, grad_entropy):
+        inv_t, softcap, logit_scale, compute = ctx.settings
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         n, vocab = hidden.shape[0], weight.shape[0]
         grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32) if need_hidden else None
@@ -98,14 +117,12 @@ class CPULogProb(torch.autograd.Function):
         g_ent = grad_entropy.float() if grad_entropy is not None else None
         for a in range(0, n, TOKENS):
             b = min(a + TOKENS, n)
-            h, tgt, lz = hidden[a:b], targets[a:b], log_z[a:b, None]
+            h, tgt, lz = hidden[a:b].to(compute), targets[a:b], log_z[a:b, None]  # the forward's operands
             rows = torch.arange(b - a)
             for v0 in range(0, vocab, VOCAB):
                 v1 = min(v0 + VOCAB, vocab)
-                w = weight[v0:v1]
-                grad = (h @ w.t()).float()
-                if bias is not None:
-                    grad += bias[v0:v1].float()
+                w = weight[v0:v1].to(compute)
+                grad = _logits(h, w, None if bias is None else bias[v0:v1], compute)
                 t = _transform(grad, logit_scale, softcap, inv_t)
                 grad.sub_(lz)  # log p
                 if g_ent is not None:  # d entropy / dz = -p (log p + entropy)

@@ -3,9 +3,10 @@
 TRL 1.16 switched DPO's `padding_free` off (it warns and pads). With UltraFeedback-like lengths most of a
 padded batch is padding: random batches of 8 pairs are about 30% real tokens. Here the real tokens of every
 sequence are packed first-fit-decreasing into rows no longer than the batch's longest sequence, each with its
-own position ids; transformers then gives each sequence a block-causal mask of its own (no attention across
-sequences, with sdpa, eager or FlashAttention), and the per-token outputs are put back where the padded
-layout has them. The maths is unchanged: the same log-probs, so the same loss, on fewer computed tokens.
+own position ids and a block-causal attention mask of its own (no attention across sequences; sliding windows
+folded in), and the per-token outputs are put back where the padded layout has them. The maths is unchanged: the
+same log-probs, so the same loss, on fewer computed tokens. Which layout is exact for which model is decided in
+zephyr/levers.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from zephyr.hooks.router import router_token_weights
+from zephyr.levers import AttentionMasks, LayoutChoice
 
 
 @dataclass
@@ -69,23 +73,61 @@ def unpack_shifted(tensor: torch.Tensor, plan: PackPlan, batch: int, width: int)
     return out
 
 
+def segment_ids(plan: PackPlan, device: torch.device) -> torch.Tensor:
+    """(rows, width): which sequence each packed cell holds; the padding left at the end of a row is a segment of
+    its own (it attends to itself only, so no softmax row is empty)."""
+    segments = torch.full((plan.rows, plan.width), -1, dtype=torch.long, device=device)
+    for i, (row, offset, n) in enumerate(plan.slots):
+        segments[row, offset : offset + n] = i
+    return segments.masked_fill(segments < 0, len(plan.slots))
+
+
+def block_causal(segments: torch.Tensor) -> torch.Tensor:
+    """(rows, 1, width, width) bool: a position may attend to the earlier positions of its own segment."""
+    width = segments.shape[1]
+    causal = torch.ones((width, width), dtype=torch.bool, device=segments.device).tril()
+    return (segments[:, None, :, None] == segments[:, None, None, :]) & causal
+
+
+def model_masks(allowed: torch.Tensor, positions: torch.Tensor, masks: AttentionMasks,
+                dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The attention mask(s) to hand the model for a packed layout: `allowed` (rows, 1, W, W) narrowed, for each
+    sliding-window layer type, to the keys less than the window behind the query by position (as transformers'
+    window reads it: q - k < window), and made additive for eager attention."""
+    distance = positions[:, None, :, None] - positions[:, None, None, :]
+    out = {}
+    for kind, window in masks.windows.items():
+        mask = allowed if window is None else allowed & (distance < window)
+        if masks.additive:
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        out[kind] = mask
+    return out if masks.per_layer_type else next(iter(out.values()))
+
+
+def _param_dtype(model: Any) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
 class PackedForward:
     """Stands in for the model inside TRL's DPO loss: called like the model on a right-padded batch with
-    `labels` and `fused_lm_head=True`, it runs the packed batch and returns outputs in the padded layout."""
+    `labels` and `fused_lm_head=True`, it runs the packed batch and returns outputs in the padded layout. With
+    `masks` (sdpa and eager attention) it hands the model each sequence's attention block itself, windows
+    included; without, the model builds them from the position ids (FlashAttention's varlen path)."""
 
-    def __init__(self, model: Any, pad_token_id: int) -> None:
-        self.model, self.pad_token_id = model, pad_token_id
+    def __init__(self, model: Any, pad_token_id: int, masks: AttentionMasks | None = None) -> None:
+        self.model, self.pad_token_id, self.masks = model, pad_token_id, masks
 
     def __call__(self, input_ids, attention_mask, labels, **kwargs):
         batch, width = input_ids.shape
         lengths = attention_mask.sum(dim=1).tolist()
         plan = plan_packing([int(n) for n in lengths], width)
-        outputs = self.model(
-            input_ids=pack(input_ids, plan, self.pad_token_id),
-            position_ids=packed_position_ids(plan, input_ids.device),
-            labels=pack(labels, plan, -100),
-            **kwargs,
-        )
+        positions = packed_position_ids(plan, input_ids.device)
+        if self.masks is not None:
+            allowed = block_causal(segment_ids(plan, input_ids.device))
+            kwargs["attention_mask"] = model_masks(allowed, positions, self.masks, _param_dtype(self.model))
+        with router_token_weights(pack(attention_mask, plan, 0)):
+            outputs = self.model(input_ids=pack(input_ids, plan, self.pad_token_id), position_ids=positions,
+                                 labels=pack(labels, plan, -100), **kwargs)
         for name, value in list(outputs.items()):
             if torch.is_tensor(value) and value.dim() >= 2 and value.shape[:2] == (plan.rows, width - 1):
                 outputs[name] = unpack_shifted(value, plan, batch, width)
@@ -103,15 +145,13 @@ class PackedForward:
 # predicts both completions' first tokens, and the fused LM head scores one label per position. The copy sees what
 # the original sees (the same token at the same position after the same prefix), so its hidden state is the
 # original's: every log-prob is the padded forward's, up to the order of floating-point sums.
-MASKED_KERNELS = ("sdpa", "eager")  # attention kernels that take a custom 4D attention mask
-
-
 @dataclass
 class SharedPromptLayout:
     input_ids: torch.Tensor  # (rows, width): the packed segments
     position_ids: torch.Tensor
     shift_labels: torch.Tensor  # the label scored AT each position (-100: none)
     attention_mask: torch.Tensor  # (rows, 1, width, width) bool, True: may attend
+    token_weights: torch.Tensor  # (rows, width): how often the padded batch holds each token (prompts: twice)
     source: torch.Tensor  # (2B, W-1): flat packed index of each padded output position, -1 for none
 
     def unpack(self, value: torch.Tensor) -> torch.Tensor:
@@ -149,6 +189,7 @@ def shared_prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     positions = torch.zeros((plan.rows, w), dtype=torch.long, device=device)
     shift = torch.full((plan.rows, w), -100, dtype=labels.dtype, device=device)
     mask = torch.eye(w, dtype=torch.bool, device=device).repeat(plan.rows, 1, 1, 1)  # row padding: itself only
+    weights = torch.zeros((plan.rows, w), dtype=torch.float32, device=device)
     source = torch.full((rows2, width - 1), -1, dtype=torch.long, device=device)
     for i, ((P, C, R), (row, off, S)) in enumerate(zip(segments, plan.slots, strict=True)):
         j, cut = i + pairs, off + P + C  # cut: where the prompt's copy goes
@@ -162,35 +203,43 @@ def shared_prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         block = torch.ones((S, S), dtype=torch.bool, device=device).tril()
         block[P + C :, P - 1 : P + C] = False  # the rejected side sees neither the chosen side nor the original
         mask[row, 0, off : off + S, off : off + S] = block
+        weights[row, off : off + S] = 1.0
+        weights[row, off : off + P - 1] = 2.0
         base = row * w + off
         source[i, : P + C - 1] = base + torch.arange(P + C - 1, device=device)
         source[j, : P - 1] = base + torch.arange(P - 1, device=device)
         source[j, P - 1 : P + R - 1] = base + C + 1 + torch.arange(P - 1, P + R - 1, device=device)
-    return SharedPromptLayout(ids, positions, shift, mask, source)
+    return SharedPromptLayout(ids, positions, shift, mask, weights, source)
 
 
 class SharedPromptForward(PackedForward):
-    """PackedForward with each pair's prompt computed once (see above). Falls back to the plain packing for a batch
-    that is not pairs of one prompt, and for attention kernels that take no custom mask (FlashAttention: then
-    `share_prompt` does nothing)."""
+    """PackedForward with each pair's prompt computed once (see above), for kernels that take custom masks
+    (zephyr/levers.py decides). Falls back to the plain packing for a batch that is not pairs of one prompt."""
 
-    def __init__(self, model: Any, pad_token_id: int, attn_implementation: str | None) -> None:
-        super().__init__(model, pad_token_id)
-        self.attn_implementation = attn_implementation
+    def __init__(self, model: Any, pad_token_id: int, masks: AttentionMasks) -> None:
+        super().__init__(model, pad_token_id, masks)
 
     def __call__(self, input_ids, attention_mask, labels, **kwargs):
         layout = None
-        if kwargs.get("fused_lm_head") and self.attn_implementation in MASKED_KERNELS:
+        if kwargs.get("fused_lm_head"):
             layout = shared_prompt_layout(input_ids, attention_mask, labels, self.pad_token_id)
         if layout is None:
             return super().__call__(input_ids, attention_mask, labels, **kwargs)
-        mask = layout.attention_mask
-        if self.attn_implementation == "eager":  # eager adds the mask to the scores
-            dtype = next(self.model.parameters()).dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-        outputs = self.model(input_ids=layout.input_ids, position_ids=layout.position_ids, attention_mask=mask,
-                             shift_labels=layout.shift_labels, **kwargs)
+        mask = model_masks(layout.attention_mask, layout.position_ids, self.masks, _param_dtype(self.model))
+        with router_token_weights(layout.token_weights):
+            outputs = self.model(input_ids=layout.input_ids, position_ids=layout.position_ids, attention_mask=mask,
+                                 shift_labels=layout.shift_labels, **kwargs)
         for name, value in list(outputs.items()):
             if torch.is_tensor(value) and value.dim() >= 2 and value.shape[:2] == layout.input_ids.shape:
                 outputs[name] = layout.unpack(value)
         return outputs
+
+
+def layout_forward(model: Any, choice: LayoutChoice, pad_token_id: int) -> Any:
+    """The model as TRL's DPO loss should call it for the layout `choice` (zephyr/levers.py): packed (no padding),
+    each prompt once per pair, or the model itself."""
+    if choice.layout == "shared_prompt":
+        return SharedPromptForward(model, pad_token_id, choice.masks)
+    if choice.layout == "packed":
+        return PackedForward(model, pad_token_id, choice.masks)
+    return model

@@ -174,7 +174,8 @@ def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ..
         if trainer.accelerator.is_main_process:
             print(f"zephyr: {stop}", file=sys.stderr, flush=True)
         raise
-    metrics = {**result.metrics, "train_samples": report.train_rows}
+    metrics = {**result.metrics, "train_samples": report.train_rows,
+               **(trainer.run_record() if hasattr(trainer, "run_record") else {})}
     tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)
     if tokens and metrics.get("train_runtime") and checkpoint is None:  # after a resume the count spans both runs
         metrics["train_tokens_per_second"] = tokens / metrics["train_runtime"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -24,11 +25,13 @@ from zephyr.hooks import (
     model_identity,
     reference_pass_settings,
 )
-from zephyr.packing import PackedForward, SharedPromptForward
+from zephyr.levers import LayoutChoice, choose_layout
+from zephyr.packing import layout_forward
 from zephyr.stages.common import train_stage
 from zephyr.stages.preference import PairLengthGrouping, build_preference_trainer, load_reference
 from zephyr.stages.reliability import ReliableTrainerMixin
 
+logger = logging.getLogger("zephyr")
 CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrDPOConfig)
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # a tokenized preference row
 
@@ -49,6 +52,7 @@ class ZephyrDPOTrainer(PairLengthGrouping, ReliableTrainerMixin, ReferencePassHo
     REFERENCE_STATS = "reference_logps.json"
     PAIR_COLUMNS, PROMPT_COLUMN = ("chosen_ids", "rejected_ids"), "prompt_ids"
     reference_batches_computed = 0  # batches of the reference pass run by this process (not read from the cache)
+    _layout: LayoutChoice | None = None
 
     @property
     def pad_id(self) -> int:
@@ -79,13 +83,26 @@ class ZephyrDPOTrainer(PairLengthGrouping, ReliableTrainerMixin, ReferencePassHo
             self.ref_model = reference
 
     def forward_of(self, model, inputs):
-        """The model as TRL's loss calls it: packed (no padding), each prompt once per pair, or as it is."""
-        if not self.args.packed_forward or "attention_mask" not in inputs:
+        """The model as TRL's loss calls it: packed (no padding), each prompt once per pair, or as it is; the
+        layout exact for this model (zephyr/levers.py)."""
+        if "attention_mask" not in inputs:
             return model
-        if self.args.share_prompt:
-            kernel = attn_implementation(self.accelerator.unwrap_model(model).config)
-            return SharedPromptForward(model, self.pad_id, kernel)
-        return PackedForward(model, self.pad_id)
+        return layout_forward(model, self.layout_choice(model), self.pad_id)
+
+    def layout_choice(self, model) -> LayoutChoice:
+        """Decided once, from the model's config and attention kernel; each fallback logged once."""
+        if self._layout is None:
+            config = self.accelerator.unwrap_model(model).config
+            self._layout = choose_layout(config, self.args.packed_forward, self.args.share_prompt,
+                                         attn_implementation(config))
+            if self.accelerator.is_main_process:
+                for line in self._layout.fallbacks:
+                    logger.info("%s", line)
+        return self._layout
+
+    def run_record(self) -> dict:
+        """What all_results.json keeps of this run's choices besides its metrics."""
+        return self.layout_choice(self.model).record()
 
     def reference_cache_key(self, dataset: Dataset, batch_size: int) -> str:
         """What the reference log-probs of `dataset` depend on, hashed: its token ids, the reference weights and
