@@ -172,3 +172,58 @@ def test_zero3_frozen_reference_copy(single, tiny_dir, tmp_path):
     for a, b in zip(one["losses"], two["losses"], strict=True):
         assert abs(a - b) < 1e-4, (one["losses"], two["losses"])
     assert_same_weights(one["weights"], two["weights"])
+
+
+def ultrafeedback_rows(path: Path) -> Path:
+    """Six rows in the ultrafeedback_binarized layout (prompt, prompt_id, chosen/rejected as whole conversations,
+    scores), one with a system turn, answers from a few words to a few hundred (some cut at max_length)."""
+    words = "the model answers each question with care and some detail about numbers cities rivers history".split()
+    lengths = [(8, 12, 30), (15, 300, 250), (10, 40, 60), (20, 200, 350), (6, 5, 9), (12, 80, 120)]
+    rows = []
+    for i, (p, c, r) in enumerate(lengths):
+        text = lambda k, s: " ".join(words[(s + 3 * j) % len(words)] for j in range(k)) + "."  # noqa: E731
+        system = [{"role": "system", "content": "You are a helpful assistant."}] if i == 2 else []
+        prompt = text(p, i)
+        turn = [*system, {"role": "user", "content": prompt}]
+        rows.append({"prompt": prompt, "prompt_id": f"p{i}", "score_chosen": 8.0, "score_rejected": 4.0,
+                     "chosen": [*turn, {"role": "assistant", "content": text(c, i + 1)}],
+                     "rejected": [*turn, {"role": "assistant", "content": text(r, i + 2)}]})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("deepspeed"), reason="needs deepspeed (in the dev extra)")
+def test_zero3_dpo_on_real_schema_rows_keys_its_reference_cache_by_the_weights(tiny_dir, tmp_path, monkeypatch):
+    """ZeRO-3, 2 processes, the shipped config, precomputed reference (the zephyr-7b-beta setup), on six
+    ultrafeedback_binarized rows: one reference batch per rank and a short batch (the case that crashed in
+    DeepSpeed's parameter coordinator). The reference cache is keyed by the gathered weights, not by ZeRO-3's empty
+    shards: an unchanged model reads it, a model overwritten in place (a retrained dSFT at the same path) does not,
+    and its first loss is ln 2 again (a stale cache gave 0.722)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("ZEPHYR_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "C"
+    shutil.copytree(tiny_dir / "model", model)
+    data = ultrafeedback_rows(tmp_path / "uf.jsonl")
+    extra = [f"model_name_or_path={model}", f"dataset_name={data}", "dataset_train_split=train", "max_length=512",
+             "long_rows=truncate", "max_steps=2", "warmup_steps=0"]
+
+    def run(name):
+        result = launch("dpo", tiny_dir, tmp_path / name, "zero3", *extra)
+        stats = json.loads((tmp_path / name / "reference_logps.json").read_text())["train"]
+        return result["losses"], stats["computed"]
+
+    first, computed = run("first")
+    assert computed and len(first) == 2 and abs(first[0] - 0.693147) < 1e-5
+    again, computed = run("again")
+    assert not computed and again == first
+    weights = load_file(model / "model.safetensors")
+    save_file({k: (v * 1.5 if v.dim() == 2 else v).contiguous() for k, v in weights.items()},
+              model / "model.safetensors", metadata={"format": "pt"})
+    changed, computed = run("changed")
+    assert computed, "the reference pass was read from the cache of other weights"
+    assert abs(changed[0] - 0.693147) < 1e-5 and changed != first
+    assert torch.isfinite(torch.tensor(changed)).all()

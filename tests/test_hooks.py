@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import re
+import shutil
 from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
@@ -315,21 +316,30 @@ def test_model_identity_has_the_dtype_and_attention_kernel_but_not_the_path():
 
 
 def test_reference_cache_misses_on_what_shapes_the_pass_and_hits_on_the_rest(tiny_dir, tmp_path, monkeypatch):
-    """Real trainers sharing one cache: ld_alpha or the model's dtype recompute (and give other log-probs),
-    learning rate, beta, output_dir and logging read the first run's pass."""
+    """Real trainers sharing one cache: ld_alpha, the model's dtype or the launcher's precision recompute (and
+    give other log-probs); learning rate, beta, output_dir, logging and the model's path read the first run's
+    pass (the rows are keyed by their content, not by the dataset's fingerprint or metadata)."""
     monkeypatch.setenv("ZEPHYR_CACHE", str(tmp_path / "cache"))
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_dir / "model", moved / "model")
     base = {"precompute_ref_log_probs": True, "max_train_samples": 8, "dataset_test_split": None}
     runs = {"first": {}, "hit": {"learning_rate": 1e-2, "beta": 0.3, "logging_steps": 5},
-            "ld_alpha": {"ld_alpha": 0.5}, "bfloat16": {"dtype": "bfloat16"}}
+            "moved": {"model_name_or_path": str(moved / "model")},
+            "ld_alpha": {"ld_alpha": 0.5}, "bfloat16": {"dtype": "bfloat16"}, "launcher_bf16": {}}
     computed, logps = {}, {}
     for name, extra in runs.items():
+        if name == "launcher_bf16":  # `accelerate launch --mixed_precision bf16` with a recipe saying bf16: false
+            monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
         trainer, _, _ = dpo.build_trainer(*stage_configs("dpo", tiny_dir, tmp_path / name, **base, **extra))
         stats = json.loads((tmp_path / name / "dpo_out" / dpo.ZephyrDPOTrainer.REFERENCE_STATS).read_text())
         computed[name] = stats["train"]["computed"]
         ds = trainer.train_dataset
         logps[name] = torch.tensor([ds["ref_chosen_logps"], ds["ref_rejected_logps"]])
-    assert computed == {"first": True, "hit": False, "ld_alpha": True, "bfloat16": True}
-    assert torch.equal(logps["hit"], logps["first"])
+    assert computed == {"first": True, "hit": False, "moved": False, "ld_alpha": True, "bfloat16": True,
+                        "launcher_bf16": True}
+    assert trainer.accelerator.mixed_precision == "bf16" and not trainer.args.bf16
+    assert torch.equal(logps["hit"], logps["first"]) and torch.equal(logps["moved"], logps["first"])
+    assert not torch.allclose(logps["launcher_bf16"], logps["first"], atol=1e-6, rtol=0)
     assert not torch.allclose(logps["ld_alpha"], logps["first"])  # reusing them would have been wrong
 
 

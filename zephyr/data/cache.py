@@ -36,10 +36,14 @@ def cache_root() -> Path:
     return Path(os.environ.get("ZEPHYR_CACHE", Path.home() / ".cache" / "zephyr")) / "datasets"
 
 
-def content_digest(ds: Dataset, columns: list[str] | None = None, *extra: object) -> str:
+def content_digest(ds: Dataset, columns: list[str] | None = None, *extra: object, rows_only: bool = False) -> str:
     """A hash of the rows themselves (not of where they are stored: a memory-mapped table pickles as its path).
-    The rows' Arrow IPC stream is hashed as it is written, without a copy of it in memory."""
+    The rows' Arrow IPC stream is hashed as it is written, without a copy of it in memory. With `rows_only`, the
+    schema's metadata (the features `datasets` keeps there, and whatever else a writer left) is left out: the
+    values and their Arrow types alone."""
     table = (ds.select_columns(columns) if columns else ds).with_format("arrow")[:]
+    if rows_only:
+        table = table.replace_schema_metadata(None)
     digest = hashlib.sha256()
     with pa.ipc.new_stream(pa.PythonFile(_HashSink(digest), mode="w"), table.schema) as writer:
         writer.write_table(table)

@@ -8,8 +8,10 @@ against the installed libraries, naming the hook that broke.
 - `registry`: the declarations, and a call counter for the contract tests.
 - `trainer`: the training loop (gradient norm, training sampler, TRL's token count).
 - `checkpoint`: checkpoint saving and its Hub upload (staged, atomic checkpoints).
-- `reference`: TRL's cache of precomputed reference log-probs (its key and weights hash).
+- `reference`: TRL's cache of precomputed reference log-probs (its key and weights hash), and the ZeRO-3 engine
+  of its reference pass.
 - `lm_head`: TRL's fused LM head on CPU: only labelled positions, and zephyr's kernel (zephyr/lm_head_cpu.py).
+- `router`: the MoE load-balancing loss of a packed forward, over the padded batch's tokens.
 
 Upgrading transformers or TRL: run `pytest tests/test_hooks.py` first, and re-read `REFERENCE_NEUTRAL_FIELDS`.
 """
@@ -18,6 +20,7 @@ from zephyr.hooks.checkpoint import CheckpointHooks
 from zephyr.hooks.lm_head import cpu_log_prob_kernel, fast_lm_head, labelled_positions_only
 from zephyr.hooks.reference import (
     REFERENCE_NEUTRAL_FIELDS,
+    KTOReferencePassHooks,
     ReferencePassHooks,
     attn_implementation,
     fast_module_hash,
@@ -32,6 +35,7 @@ __all__ = [
     "HOOKS",
     "REFERENCE_NEUTRAL_FIELDS",
     "CheckpointHooks",
+    "KTOReferencePassHooks",
     "PrivateHook",
     "ReferencePassHooks",
     "TrainerHooks",

@@ -52,20 +52,36 @@ def model_identity(config: Any) -> dict[str, Any]:
 
 
 def fast_module_hash(module: torch.nn.Module) -> str:
-    """Identity of a model's weights for the reference log-prob cache key: xxh3-128 over every tensor's raw bytes,
-    with its name, dtype and shape.
+    """Identity of a model's weights for the reference log-prob cache key: xxh3-128 over every parameter's and
+    buffer's raw bytes, with its name, dtype and full shape.
+
+    Under DeepSpeed ZeRO-3 (`zero3_init_flag`) each rank holds a shard and every parameter reads as shape (0,): a
+    hash of that would be the same for any weights. Such parameters are gathered one at a time (a collective: every
+    rank hashes, as TRL calls this on every rank) and hashed whole, so the key sees the weights themselves.
 
     TRL's `hash_module` SHA-256es every weight after widening bf16 to fp32 on the CPU: measured on an H200, several
     seconds of a 1B model's dDPO start-up (and ~7x that for a 7B model, on every rank). A cache key needs no
     cryptographic strength, only no accidental collisions, which a 128-bit hash of the same bytes gives at
     memory speed."""
     h = xxhash.xxh3_128()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().contiguous().cpu()
-        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        if tensor.numel():
-            h.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
+    tensors = dict(module.named_buffers())
+    tensors.update(module.named_parameters(remove_duplicate=False))
+    for name, tensor in sorted(tensors.items()):
+        with _gathered(tensor):
+            flat = tensor.detach().contiguous().cpu()
+            h.update(f"{name}|{flat.dtype}|{tuple(flat.shape)}|".encode())
+            if flat.numel():
+                h.update(flat.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
     return h.hexdigest()
+
+
+def _gathered(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A ZeRO-3 parameter whole for the block (read-only); anything else as it is."""
+    if not hasattr(tensor, "ds_id"):
+        return contextlib.nullcontext()
+    import deepspeed  # loaded already: the parameter is DeepSpeed's
+
+    return deepspeed.zero.GatheredParameters([tensor], modifier_rank=None)
 
 
 @contextlib.contextmanager
@@ -157,6 +173,43 @@ def reference_pass_settings(args: Any) -> dict[str, Any]:
             if f.name not in REFERENCE_NEUTRAL_FIELDS}
 
 
+PRECOMPUTE_ENGINES = {trainer: declare(PrivateHook(
+    f"trl.{trainer}", "_precompute_engine", "attribute", None,
+    "Under ZeRO-3 with no reference model TRL runs the reference pass through a DeepSpeed inference engine built "
+    "around the policy itself and keeps it, hooks and all, for later passes; no public call releases it "
+    "(release_precompute_engine)")) for trainer in ("DPOTrainer", "KTOTrainer")}
+
+
+def release_precompute_engine(trainer: Any, owner: str) -> None:
+    """Remove the hooks of TRL's reference-pass engine once a pass is done (TRL 1.16 builds a new one if another
+    pass needs it).
+
+    Why: accelerate then wraps the same module again for training, so two ZeRO-3 parameter coordinators trace
+    every forward. The second registration renumbers the modules' `ds_id`; a stale coordinator that recorded
+    exactly one forward (a reference pass of one batch per rank: a small dataset, a one-batch epoch) then pops an
+    empty deque at the first training step (`partitioned_param_coordinator.record_parameters`: IndexError), and
+    one that recorded more re-traces every training step for nothing."""
+    hook = PRECOMPUTE_ENGINES[owner]
+    used(hook)
+    engine = getattr(trainer, hook.name, None)
+    if engine is not None:
+        engine.destroy()  # DeepSpeed: removes the engine's module hooks
+        setattr(trainer, hook.name, None)
+
+
+class KTOReferencePassHooks:
+    """KTOTrainer's reference pass, with its ZeRO-3 engine released after each pass (release_precompute_engine)."""
+
+    @private_override("trl.KTOTrainer", why=(
+        "TRL runs the reference pass here, from __init__ and evaluate(), and keeps the ZeRO-3 engine it built for "
+        "it; no public hook runs after the pass."))
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        try:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        finally:
+            release_precompute_engine(self, "KTOTrainer")
+
+
 class ReferencePassHooks:
     """TRL's DPOTrainer entry points for the reference cache. Put before DPOTrainer in the bases; the trainer
     implements `precompute_reference` (zephyr/stages/dpo.py)."""
@@ -173,9 +226,12 @@ class ReferencePassHooks:
 
     @private_override("trl.DPOTrainer", why=(
         "TRL runs, caches and reloads the reference pass here, called from __init__ and evaluate(); there is no "
-        "public way to key, lock or time that cache."))
+        "public way to key, lock or time that cache, nor to release the ZeRO-3 engine it keeps for the pass."))
     def _precompute_ref_logps(self, dataset, name, batch_size):
-        return self.precompute_reference(dataset, name, batch_size, super()._precompute_ref_logps)
+        try:
+            return self.precompute_reference(dataset, name, batch_size, super()._precompute_ref_logps)
+        finally:
+            release_precompute_engine(self, "DPOTrainer")
 
     def precompute_reference(self, dataset: Dataset, name: str, batch_size: int,
                              trl_precompute: Callable[[Dataset, str, int], Dataset]) -> Dataset:

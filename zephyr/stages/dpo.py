@@ -73,7 +73,9 @@ class ZephyrDPOTrainer(PairLengthGrouping, ReliableTrainerMixin, ReferencePassHo
     @contextlib.contextmanager
     def reference_like_policy(self, inputs):
         """A reference copy run at every step (precompute_ref_log_probs off) takes the policy's layout too: as
-        fast, and at step 0 its log-probs are the policy's bit for bit (the rewards are exactly 0)."""
+        fast, and at step 0 its log-probs are the policy's bit for bit (the rewards are exactly 0). A LoRA policy
+        without a precomputed reference has no copy: TRL disables the adapter, whose zero update at step 0 leaves the
+        log-probs equal to fp32 rounding (rewards of order 1e-8)."""
         reference = self.ref_model
         if reference is not None:
             self.ref_model = self.forward_of(reference, inputs)
@@ -110,7 +112,7 @@ class ZephyrDPOTrainer(PairLengthGrouping, ReliableTrainerMixin, ReferencePassHo
         the few known not to matter (zephyr/hooks/reference.py), so that a field a new TRL adds is keyed too."""
         reference = self.accelerator.unwrap_model(self.ref_model or self.model)
         parts = {
-            "rows": content_digest(dataset, list(TOKEN_COLUMNS)),
+            "rows": content_digest(dataset, list(TOKEN_COLUMNS), rows_only=True),
             "batch_size": batch_size,
             "weights": self.reference_weights_hash,  # includes every weight's dtype
             "model_config": model_identity(reference.config),
@@ -118,6 +120,9 @@ class ZephyrDPOTrainer(PairLengthGrouping, ReliableTrainerMixin, ReferencePassHo
             "pad_token_id": self.pad_id,
             "processes": self.accelerator.num_processes,  # which rows share a padded batch
             "device": self.accelerator.device.type,
+            # the precision in force, whoever set it: the recipe, or the launcher (ACCELERATE_MIXED_PRECISION)
+            "autocast": str(self.accelerator.mixed_precision),
+            "layout": self.layout_choice(reference).record(),  # the forward layout the pass runs
             "versions": [trl.__version__, transformers.__version__, torch.__version__],
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:32]

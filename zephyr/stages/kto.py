@@ -8,7 +8,7 @@ from __future__ import annotations
 from trl import KTOTrainer
 
 from zephyr.configs import DataArguments, ModelArguments
-from zephyr.hooks import fast_lm_head, trl_reference_hash
+from zephyr.hooks import KTOReferencePassHooks, fast_lm_head, trl_reference_hash
 from zephyr.preference_configs import ZephyrKTOConfig
 from zephyr.stages.common import train_stage
 from zephyr.stages.preference import build_preference_trainer, load_reference
@@ -17,7 +17,7 @@ from zephyr.stages.reliability import ReliableTrainerMixin
 CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrKTOConfig)
 
 
-class ZephyrKTOTrainer(ReliableTrainerMixin, KTOTrainer):
+class ZephyrKTOTrainer(ReliableTrainerMixin, KTOReferencePassHooks, KTOTrainer):
     """TRL's KTOTrainer with clean stops, a non-finite guard, atomic checkpoints and exact resume
     (zephyr/stages/reliability.py), its fused LM head fast on CPU (zephyr/hooks/lm_head.py), and its cache of
     precomputed reference log-probs keyed with zephyr's fast weights hash instead of a SHA-256 of every weight."""
