@@ -233,3 +233,43 @@ def test_hybrid_and_unmasked_layer_types_fall_back_to_padded_batches(model_type,
     choice = choose_layout(transformers.AutoConfig.for_model(model_type), True, True, "sdpa")
     assert choice.layout == "padded" and choice.masks is None
     assert choice.fallbacks[0].startswith(f"share_prompt: off for {model_type}: its layer type {layer!r} ")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["lfm2", "mixtral-window", "gpt-oss", "gemma2"])
+def test_dpo_runs_with_every_lever_on_and_records_its_layout(arch, tiny_dir, tmp_path, monkeypatch):
+    """A real dDPO stage (precomputed reference, packed forward, shared prompt, all defaults) on a hybrid, an MoE
+    with its router aux loss on, gpt-oss and Gemma-2: nothing crashes because a lever is on, step 0 is ln 2, and
+    all_results.json says which layout ran and why."""
+    import json
+    import shutil
+
+    from helpers import process_state_kept
+
+    from zephyr.stages import dpo
+
+    monkeypatch.setenv("ZEPHYR_CACHE", str(tmp_path / "cache"))
+    model_type, overrides, kernel, expected = ARCHITECTURES[arch]
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir / "model", folder)
+    vocab = transformers.AutoConfig.from_pretrained(folder).vocab_size
+    config = transformers.AutoConfig.for_model(model_type, num_hidden_layers=2,
+                                               **{**WIDE, **overrides, "vocab_size": vocab})
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    out = tmp_path / "out"
+    argv = [f"model_name_or_path={folder}", f"attn_implementation={kernel}", "dtype=float32",
+            f"dataset_name={tiny_dir / 'data' / 'prefs'}", "dataset_train_split=train_prefs",
+            "dataset_test_split=null", "max_train_samples=16", "long_rows=drop", "max_length=128",
+            "per_device_train_batch_size=4", "max_steps=2", "warmup_steps=0", "logging_steps=1", "save_strategy=no",
+            "report_to=none", "gradient_checkpointing=false", f"output_dir={out}", "seed=0", "bf16=false"]
+    with process_state_kept():
+        dpo.main(argv)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["forward_layout"] == expected
+    assert bool(results["forward_layout_fallbacks"]) == (expected != "shared_prompt")
+    steps = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+    assert len(steps) == 2 and all(math.isfinite(h["loss"]) for h in steps)
+    aux = MOE["router_aux_loss_coef"] * steps[0]["aux_loss"] if "aux_loss" in steps[0] else 0.0
+    assert ("aux_loss" in steps[0]) == is_moe(tiny_model(arch))
+    assert abs(steps[0]["loss"] - math.log(2) - aux) < 1e-4  # logged to 4 decimals

@@ -149,7 +149,7 @@ def test_the_library_still_calls_the_zephyr_side_of_every_hook(short_runs):
 
 
 PUBLIC_OVERRIDES = {"__init__", "train", "training_step", "get_train_dataloader", "compute_loss",
-                    "compute_ref_log_probs"}
+                    "compute_ref_log_probs", "log"}
 
 
 @pytest.mark.parametrize("trainer_class", [sft.ZephyrSFTTrainer, dpo.ZephyrDPOTrainer, orpo.ZephyrORPOTrainer,
@@ -179,6 +179,7 @@ def test_public_methods_zephyr_overrides_keep_their_parameters():
     assert list(inspect.signature(DPOTrainer.compute_ref_log_probs).parameters) == ["self", "model", "inputs"]
     assert list(inspect.signature(DPOTrainer.compute_loss).parameters) == [
         "self", "model", "inputs", "return_outputs", "num_items_in_batch"]
+    assert list(inspect.signature(DPOTrainer.log).parameters) == ["self", "logs", "start_time"]
 
 
 # Private names zephyr used to reach for and now does through public APIs: they must not come back.

@@ -598,3 +598,87 @@ def test_docs_table_names_only_existing_tests():
     for file, name in named:
         assert f"def {name}(" in (REPO / "tests" / file).read_text(encoding="utf-8"), f"{file}::{name}"
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# type inference, content parts, keys given twice, lone surrogates, hub ids offline, command-line mappings
+
+
+def test_numeric_string_answers_stay_text_and_text_parts_are_joined(tmp_path):
+    """Answers "1".."20" with one row whose content is a list of OpenAI-style text parts: datasets' pandas
+    fallback turned the answers into ints and the error named row 0. The rows are read as written instead."""
+    rows = [{"messages": [u(f"count to {i}"), a(str(i))]} for i in range(1, 21)]
+    rows[3]["messages"][1]["content"] = [{"type": "text", "text": "four"}, {"type": "text", "text": "4"}]
+    path = write_lines(tmp_path / "rows.jsonl", jsonl_lines(rows))
+    train, _, report = prepare_datasets(DataArguments(dataset_name=str(path)), "sft")
+    answers = sorted(m[1]["content"] for m in train["messages"])
+    assert len(answers) == 20 and "four\n4" in answers and "17" in answers and report.dropped == {}
+
+
+def test_a_non_text_content_part_names_its_line(tmp_path):
+    rows = [{"messages": [u(f"q{i}"), a(f"a{i}")]} for i in range(5)]
+    rows[3]["messages"][0]["content"] = [{"type": "text", "text": "what is this?"},
+                                         {"type": "image_url", "image_url": {"url": "x.png"}}]
+    path = write_lines(tmp_path / "rows.jsonl", jsonl_lines(rows))
+    with pytest.raises(DataError) as err:
+        prepare_datasets(DataArguments(dataset_name=str(path)), "sft")
+    assert str(err.value) == (f"{path}: line 4: 'messages[0].content'[1]: expected a text part "
+                              '{"type": "text", "text": ...}, got a part of type \'image_url\'; only text content '
+                              "can be trained on")
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ('{"messages": [{"role": "user", "content": "a", "content": "b"}, {"role": "assistant", "content": "c"}]}',
+     "line 21: the key 'content' appears twice in one object; expected each key once per object"),
+    ('{"messages": [{"role": "user", "content": "half \\ud800 a pair"}, {"role": "assistant", "content": "c"}]}',
+     "line 21: a lone surrogate \\ud800 in 'half '...; expected valid Unicode text (a surrogate pair's two "
+     "halves, or the character itself)"),
+])
+def test_a_key_given_twice_or_a_lone_surrogate_names_its_line(tmp_path, line, expected):
+    lines = jsonl_lines([{"messages": [u(f"q{i}"), a(f"a{i}")]} for i in range(20)]) + [line]
+    path = write_lines(tmp_path / "rows.jsonl", lines)
+    assert first_json_problem(path) == expected
+
+
+def test_a_hub_model_not_in_the_cache_without_network_fails_at_once(tmp_path, monkeypatch):
+    """No HF_HUB_OFFLINE and no network: one probe (5 s at most), then a line saying what to do, instead of
+    the download retrying for a minute or more."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    model_args = ModelArguments(model_name_or_path="some-org/not-downloaded-7b")
+    t0 = time.time()
+    with pytest.raises(RecipeError) as err:
+        preflight.check_hub_reachable(model_args, DataArguments(dataset_name=str(tmp_path)))
+    assert time.time() - t0 < 10
+    assert str(err.value).startswith("model_name_or_path: some-org/not-downloaded-7b is a hub id that is not in "
+                                     "this machine's cache, and 127.0.0.1 cannot be reached")
+    assert "`huggingface-cli download some-org/not-downloaded-7b`" in str(err.value)
+    preflight.check_hub_reachable(ModelArguments(model_name_or_path=str(tmp_path)))  # a local folder: no probe
+
+
+def test_a_handbook_dataset_mixer_given_on_the_command_line(tmp_path):
+    """`dataset_mixer={path: 1.0}` as the classic recipes spell it, pointed at local data from the command line."""
+    data = write_lines(tmp_path / "rows.jsonl", jsonl_lines(GOOD))
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("model_name_or_path: m\ndataset_mixer: {HuggingFaceH4/ultrachat_200k: 1.0}\n"
+                      "dataset_splits: [train_sft, test_sft]\noutput_dir: out\n", encoding="utf-8")
+    _, data_args, _ = parse_stage_args([str(recipe), f"dataset_mixer={{{data}: 1.0}}",
+                                        "dataset_splits=train,test"], (ModelArguments, DataArguments,
+                                                                       ZephyrSFTConfig), "sft")
+    assert [d["id"] for d in data_args.dataset_mixture["datasets"]] == [str(data), str(data)]
+
+
+def test_half_precision_weights_without_mixed_precision_are_said_before_the_run(tmp_path, capsys):
+    """A handbook recipe's `torch_dtype: bfloat16` run with `bf16=false`: the dry run says what will happen."""
+    from zephyr.plan import dry_run_stage
+
+    data = write_lines(tmp_path / "rows.jsonl", jsonl_lines(GOOD))
+    recipe = sft_recipe(tmp_path, str(tmp_path), data)
+    lines = dry_run_stage("sft", [str(recipe), "torch_dtype=bfloat16", "bf16=false"])
+    (precision,) = [line for line in lines if "precision:" in line]
+    assert "dtype bfloat16 with bf16: false and fp16: false: the weights, their gradients and the optimizer's " \
+           "updates are all bfloat16" in precision
+    assert not [line for line in dry_run_stage("sft", [str(recipe), "dtype=float32"]) if "master weights" in line]

@@ -253,6 +253,30 @@ def test_stage_dry_run_of_the_zephyr_7b_recipes_loads_nothing(recipe, monkeypatc
         assert any("reference:" in line for line in lines)
 
 
+def test_dpo_dry_run_names_the_forward_layout_the_model_gets(tiny_dir, tmp_path, monkeypatch, capsys):
+    """From the model's config alone (zephyr/levers.py): the shared prompt on the tiny Mistral, padded batches with
+    the reason on a hybrid; a hub id that is not on this machine is decided at load time."""
+    import transformers
+
+    from zephyr.plan import dry_run_stage
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    forbid_loading(monkeypatch)
+    hybrid = tmp_path / "lfm2"
+    transformers.AutoConfig.for_model("lfm2", layer_types=["conv", "full_attention"],
+                                      num_hidden_layers=2).save_pretrained(hybrid)
+    data = [f"dataset_name={tiny_dir / 'data' / 'prefs'}", f"output_dir={tmp_path / 'out'}"]
+    layouts = {}
+    for name, model in (("tiny", tiny_dir / "model"), ("hybrid", hybrid), ("hub", "someone/not-here")):
+        lines = dry_run_stage("dpo", [str(REPO / "recipes/tiny/dpo.yaml"), f"model_name_or_path={model}", *data])
+        layouts[name] = next(line.strip() for line in lines if "forward layout" in line)
+    assert layouts == {
+        "tiny": "forward layout: shared_prompt",
+        "hybrid": "forward layout: padded; share_prompt: off for lfm2: its layer type 'conv' mixes tokens along a "
+                  "packed row whatever the attention mask; padded batches",
+        "hub": "forward layout: decided when the model's config is loaded (not on this machine yet)"}
+
+
 def test_stage_dry_run_on_the_command_line_reports_a_typo(tmp_path, monkeypatch, capsys):
     from zephyr.cli import main
 

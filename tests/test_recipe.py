@@ -782,3 +782,13 @@ def test_dotted_overrides_reach_nested_sections():
 
 def test_bare_flag_followed_by_key_equals_value():
     assert parse_overrides(["--use_peft", "lora_r=8"]) == {"use_peft": "true", "lora_r": "8"}
+
+
+def test_every_key_that_takes_a_list_takes_the_comma_form(sft_recipe):
+    """`report_to` is None | str | list[str]: `tensorboard,wandb` is the list, as `[tensorboard, wandb]` is (a
+    plain string reached transformers as one name and ended in its traceback)."""
+    for spelling in ("tensorboard,wandb", "[tensorboard, wandb]"):
+        _, _, train = load_recipe(sft_recipe, [f"report_to={spelling}"], SFT, "sft")
+        assert train.report_to == ["tensorboard", "wandb"], spelling
+    _, _, train = load_recipe(sft_recipe, ["report_to=tensorboard"], SFT, "sft")
+    assert train.report_to in ("tensorboard", ["tensorboard"])

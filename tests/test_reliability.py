@@ -119,6 +119,17 @@ def assert_same_training(out: Path, ref: Path) -> None:
         assert abs(loss - loss0) <= 1e-5, (step, loss, loss0)
         assert math.isclose(lr, lr0, rel_tol=1e-6, abs_tol=1e-12), (step, lr, lr0)
         assert tokens == tokens0, (step, tokens, tokens0)
+    # all_results.json: the whole run's metrics (train_loss over every step, not only those after the resume)
+    results, results0 = (json.loads((o / "all_results.json").read_text()) for o in (out, ref))
+    timing = ("_runtime", "_per_second")  # how long this process took: not a property of the training
+    assert {k for k in results if not k.endswith(timing)} == {k for k in results0 if not k.endswith(timing)}
+    for key, value in results0.items():
+        if key.endswith(timing):
+            continue
+        if isinstance(value, float):
+            assert math.isclose(results[key], value, rel_tol=1e-6, abs_tol=1e-6), (key, results[key], value)
+        else:
+            assert results[key] == value, key
     weights, weights0 = load_file(out / "model.safetensors"), load_file(ref / "model.safetensors")
     assert weights.keys() == weights0.keys()
     for k in weights0:
@@ -326,7 +337,8 @@ def run_in_process(stage: str, tiny: Path, out: Path, *extra: str):
 
 
 @pytest.mark.slow
-def test_full_disk_while_saving_keeps_the_previous_checkpoint(reference, tiny_dir, tmp_path, monkeypatch, capsys):
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(reference, tiny_dir, tmp_path, monkeypatch, capsys,
+                                                              caplog):
     import transformers
 
     out = tmp_path / "full"
@@ -346,7 +358,9 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(reference, tiny_di
     assert f"could not save checkpoint {out / f'checkpoint-{2 * SAVE_STEPS}'}" in message
     assert "the disk is full" in message and f"The last checkpoint, {previous}, is intact." in message
     assert "Free some space, then rerun the same command" in message
-    assert stop.value.code == 1 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and message in err and "Traceback" not in err
+    assert not [r for r in caplog.records if r.exc_info]  # a full disk is logged as one line
     assert checkpoint_steps(out) == [SAVE_STEPS] and incomplete_reason(previous) is None
     assert not list(out.glob(f"{STAGING_PREFIX}*"))  # the partial save is removed: it only takes space
     assert_stopped_without_final_outputs(out)

@@ -236,3 +236,23 @@ def test_a_trial_runs_under_accelerate_launch_when_configured(tiny_dir, tmp_path
     # 64 rows at 16 per process: one process would need 4 steps per epoch, two processes need 2
     train_logs = [r for r in read_metrics(Path(row["folder"])) if "loss" in r]
     assert [r["epoch"] for r in train_logs] == [0.5, 1.0]
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ({}, "space: empty; name at least one recipe key"),
+    ({"beta": {"choices": []}}, r"space.beta.choices: expected a non-empty list of values, got \[\]"),
+    ({"learning_rate": {"low": 1e-3, "high": 1e-5}}, r"space.learning_rate: low \(0.001\) is above high \(1e-05\)"),
+    ({"learning_rate": {"low": 0, "high": 1e-5, "log": True}}, "a log-scale range needs low > 0, got 0"),
+    ({"max_steps": {"low": 1.5, "high": 4, "int": True}}, "int: true needs whole-number bounds"),
+    ({"beta": {"low": "small", "high": 1}}, "low and high must be numbers, got low='small'"),
+])
+def test_a_search_space_that_cannot_be_drawn_from_is_one_clear_error(space, message, tmp_path):
+    from zephyr.sweep import SweepConfig, check_space
+
+    cfg = build_configs({"base": "x.yaml", "stage": "dpo", "output_dir": str(tmp_path), "strategy": "random",
+                         "space": space, "objective": {"metric": "eval_loss"}}, (SweepConfig,))[0]
+    with pytest.raises(RecipeError, match=message):
+        check_space(cfg)
+    check_space(build_configs({"base": "x.yaml", "stage": "dpo", "output_dir": str(tmp_path), "strategy": "random",
+                               "space": {"learning_rate": {"low": "1e-6", "high": 1e-4, "log": True}},
+                               "objective": {"metric": "eval_loss"}}, (SweepConfig,))[0])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import yaml
+
 from zephyr.errors import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -83,11 +85,23 @@ def translate_legacy_keys(values: dict[str, Any], stage: str, source: str,
     return out
 
 
+def _yaml_or_text(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def _mixer_to_mixture(out: dict[str, Any], source: str) -> dict[str, Any]:
     """The handbook's older form: dataset_mixer {id: fraction} x dataset_splits [train..., test...].
     Its fraction applied to train splits only; test splits were taken whole."""
     mixer = out.pop("dataset_mixer") or {}
     splits = out.pop("dataset_splits", None) or ["train", "test"]
+    if isinstance(mixer, str):  # from the command line: `dataset_mixer={path: 1.0}`, written as in YAML
+        mixer = _yaml_or_text(mixer)
+    if isinstance(splits, str):  # `dataset_splits=[train_sft, test_sft]` or `train_sft,test_sft`
+        parsed = _yaml_or_text(splits)
+        splits = parsed if isinstance(parsed, list) else [p.strip() for p in splits.split(",") if p.strip()]
     if not isinstance(mixer, dict):
         raise RecipeError(f"{source}: key 'dataset_mixer': expected a mapping of dataset id: fraction, got {mixer!r}")
     if isinstance(splits, str):

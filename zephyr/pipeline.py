@@ -57,6 +57,7 @@ from zephyr.launch import (
 )
 from zephyr.recipe import RecipeError, read_yaml
 from zephyr.rounds import Rounds, add_rounds, eval_models_override
+from zephyr.run_lock import locked
 
 logger = logging.getLogger("zephyr.run")
 
@@ -271,6 +272,22 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
             raise RecipeError(f"{flag} {value}: not a stage of this pipeline (stages: {order})")
     forced = set(order[order.index(start):]) if start else {only} if only else set()
     steps = plan_steps(spec, forced, LaunchSettings.parse(launch, "--launch"), Slurm.from_env())
+    # one run per root: a second `zephyr run` on it refuses, naming this one (zephyr/run_lock.py)
+    with locked(spec["vars"]["root"], enabled=not dry_run):
+        report, timings = run_steps(steps, forced, only, dry_run)
+    if dry_run:
+        print(plan_text(spec, report))
+        return {"root": spec["vars"]["root"], "seed": spec["vars"]["seed"], "seconds": {},
+                "plan": {step.name: status for step, status in report}}
+    lines = [f"  {s.name:<10} {timings.get(s.name, 0):7.1f}s  {s.output}  {key_metrics(s.kind, s.output)}"
+             for s in steps]
+    logger.info("pipeline summary (stage, seconds this run, outputs, key metrics):\n%s", "\n".join(lines))
+    return {"root": spec["vars"]["root"], "seed": spec["vars"]["seed"], "seconds": timings}
+
+
+def run_steps(steps: list[Step], forced: set[str], only: str | None,
+              dry_run: bool) -> tuple[list[tuple[Step, str]], dict[str, float]]:
+    """Run (or, in a dry run, plan) each step that is not already complete: (step, status) and seconds per step."""
     timings: dict[str, float] = {}
     inputs_time = 0.0  # when the newest earlier stage finished: a stage older than its inputs is stale
     report = []
@@ -308,14 +325,7 @@ def run_pipeline(path: str | Path, start: str | None = None, only: str | None = 
         mark_done(step.output, step.name, step.digest, timings[step.name])
         inputs_time = time.time()
         logger.info("stage %s: done in %.1fs", step.name, timings[step.name])
-    if dry_run:
-        print(plan_text(spec, report))
-        return {"root": spec["vars"]["root"], "seed": spec["vars"]["seed"], "seconds": {},
-                "plan": {step.name: status for step, status in report}}
-    lines = [f"  {s.name:<10} {timings.get(s.name, 0):7.1f}s  {s.output}  {key_metrics(s.kind, s.output)}"
-             for s in steps]
-    logger.info("pipeline summary (stage, seconds this run, outputs, key metrics):\n%s", "\n".join(lines))
-    return {"root": spec["vars"]["root"], "seed": spec["vars"]["seed"], "seconds": timings}
+    return report, timings
 
 
 def commands_of(step: Step) -> list[list[str]]:

@@ -97,6 +97,11 @@ def describe(name: str, configs: tuple[Any, ...], argv: list[str], launch: Launc
         precision = "bf16" if train.bf16 else "fp16" if train.fp16 else "fp32"
         if not {"bf16", "fp16"} & keys:
             precision += " here (auto: bf16 on a GPU that supports it, fp32 on CPU)"
+        from zephyr.preflight import precision_note
+
+        note = precision_note(model, train)
+        if note:
+            precision += f"; {note}"
         lines = [
             f"model: {model.model_name_or_path} (dtype {model.dtype}"
             + (f", LoRA r={model.lora_r}" if model.use_peft else "")
@@ -147,7 +152,8 @@ def data_lines(data: Any) -> list[str]:
 def objective_lines(name: str, model: Any, train: Any) -> list[str]:
     """What a training stage optimizes, and against which reference."""
     if name == "dpo":
-        return [f"reference: {reference_line(model, train)}; beta {train.beta}, loss {train.loss_type}"]
+        return [f"reference: {reference_line(model, train)}; beta {train.beta}, loss {train.loss_type}",
+                layout_line(model, train)]
     if name == "orpo":
         return [f"no reference model: loss = NLL(chosen) + beta {train.beta} x odds-ratio loss (TRL experimental "
                 "ORPOTrainer)"]
@@ -163,6 +169,23 @@ def objective_lines(name: str, model: Any, train: Any) -> list[str]:
         return [f"reward model: {model.model_name_or_path} with a one-output score head; loss -log sigmoid(score "
                 "chosen - score rejected), eval_accuracy on the eval pairs"]
     return []
+
+
+def layout_line(model: Any, train: Any) -> str:
+    """The forward layout zephyr/levers.py will choose, from the model's config when it is on this machine (a
+    local folder or the Hub cache; nothing is downloaded)."""
+    from transformers import AutoConfig
+
+    from zephyr.levers import choose_layout
+
+    try:
+        config = AutoConfig.from_pretrained(model.model_name_or_path, local_files_only=True,
+                                            trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError):
+        return "forward layout: decided when the model's config is loaded (not on this machine yet)"
+    kernel = model.attn_implementation or "sdpa"  # transformers' default where torch has it
+    choice = choose_layout(config, train.packed_forward, train.share_prompt, kernel)
+    return "; ".join([f"forward layout: {choice.layout}", *choice.fallbacks])
 
 
 def reference_line(model: Any, train: Any) -> str:

@@ -213,6 +213,8 @@ def _order_union(options: list, value: Any) -> list:
     if isinstance(value, str) and value.strip().startswith(("[", "{")):  # `[a, b]` / `{k: v}` as in YAML
         want = (list, tuple) if value.strip().startswith("[") else (dict,)
         exact = [o for o in options if o in want or typing.get_origin(o) in want]
+    elif isinstance(value, str) and "," in value:  # `a,b`: the comma form of a list, where the key takes one
+        exact = [o for o in options if o in (list, tuple) or typing.get_origin(o) in (list, tuple)]
     rest = sorted((o for o in options if o not in exact), key=lambda o: o is str)
     return exact + rest
 

@@ -96,11 +96,33 @@ def suggest(trial, name: str, spec: dict[str, Any]) -> Any:
 
 
 def check_space(cfg: SweepConfig) -> None:
+    """Every dimension of the search space can be drawn from, before any trial starts."""
+    if not cfg.space:
+        raise RecipeError("space: empty; name at least one recipe key to search over, e.g. "
+                          "space: {learning_rate: {low: 1.0e-6, high: 1.0e-4, log: true}}")
     for name, spec in cfg.space.items():
+        where = f"space.{name}"
         if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
-            raise RecipeError(f"space.{name}: expected {{choices: [...]}} or {{low: ..., high: ...}}, got {spec!r}")
-        if cfg.strategy == "grid" and "choices" not in spec:
-            raise RecipeError(f"space.{name}: a grid needs choices, not a range")
+            raise RecipeError(f"{where}: expected {{choices: [...]}} or {{low: ..., high: ...}}, got {spec!r}")
+        if "choices" in spec:
+            if not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise RecipeError(f"{where}.choices: expected a non-empty list of values, got {spec['choices']!r}")
+            continue
+        if cfg.strategy == "grid":
+            raise RecipeError(f"{where}: a grid needs choices, not a range")
+        try:  # YAML reads 1e-4 (no dot) as a string: take any number's spelling
+            low, high = (float(v) if not isinstance(v, bool) else None for v in (spec["low"], spec["high"]))
+        except (TypeError, ValueError):
+            low = high = None
+        if low is None or high is None:
+            raise RecipeError(f"{where}: low and high must be numbers, got low={spec['low']!r}, "
+                              f"high={spec['high']!r}")
+        if low > high:
+            raise RecipeError(f"{where}: low ({low}) is above high ({high})")
+        if spec.get("log") and low <= 0:
+            raise RecipeError(f"{where}: a log-scale range needs low > 0, got {low}")
+        if spec.get("int") and (int(low) != low or int(high) != high):
+            raise RecipeError(f"{where}: int: true needs whole-number bounds, got low={low}, high={high}")
 
 
 def read_objective(trial_dir: Path, metric: str) -> float:

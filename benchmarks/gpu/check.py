@@ -239,7 +239,8 @@ def packed_check(kit: Kit, attn: str) -> Result:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.trainer.utils import add_fused_lm_head
 
-    from zephyr.packing import PackedForward, SharedPromptForward, shared_prompt_layout
+    from zephyr.levers import choose_layout
+    from zephyr.packing import layout_forward, shared_prompt_layout
 
     folder = kit.model_dir("small")
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -252,9 +253,12 @@ def packed_check(kit: Kit, attn: str) -> Result:
     ids, mask, labels = padded_batch(kit, tokenizer, 16, seed=1)
     with torch.no_grad():
         padded = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs.double()
-        packed = PackedForward(model, tokenizer.pad_token_id)(ids, mask, labels, fused_lm_head=True).log_probs.double()
-        shared = SharedPromptForward(model, tokenizer.pad_token_id, attn)(ids, mask, labels,
-                                                                          fused_lm_head=True).log_probs.double()
+        # the layouts zephyr/levers.py chooses for this model and kernel, as the DPO trainer runs them
+        plain, both = (choose_layout(model.config, True, share, attn) for share in (False, True))
+        packed = layout_forward(model, plain, tokenizer.pad_token_id)(ids, mask, labels,
+                                                                      fused_lm_head=True).log_probs.double()
+        shared = layout_forward(model, both, tokenizer.pad_token_id)(ids, mask, labels,
+                                                                     fused_lm_head=True).log_probs.double()
         truth = exact(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs.double()
     scored = (labels[:, 1:] != -100).double()
     n = scored.sum(1)
@@ -264,7 +268,7 @@ def packed_check(kit: Kit, attn: str) -> Result:
 
     diff, pad_err, pack_err = per_seq(packed, padded), per_seq(padded, truth), per_seq(packed, truth)
     # each pair's prompt once (share_prompt): only sdpa and eager take its mask; other kernels run plain packing
-    shares = attn in ("sdpa", "eager") and shared_prompt_layout(ids, mask, labels, tokenizer.pad_token_id) is not None
+    shares = both.layout == "shared_prompt" and shared_prompt_layout(ids, mask, labels, tokenizer.pad_token_id) is not None
     shared_diff = float(per_seq(shared, padded).max())
     roundoff = torch.finfo(kit.dtype).eps / 2
     mean_abs = float((truth.abs() * scored).sum() / scored.sum())

@@ -40,7 +40,7 @@ def load_source(source: DatasetSource) -> Dataset:
                 if source.split not in ds:
                     raise DataError(f"{path}: no split '{source.split}' (has {sorted(ds)})")
                 ds = ds[source.split]
-        elif path.is_dir() or not _looks_like_hub_id(source.id):
+        elif path.is_dir() or not looks_like_hub_id(source.id):
             if not path.exists():
                 raise DataError(f"{source.id}: no such file or folder")
             ds = datasets.load_dataset(str(path), source.config, split=source.split)
@@ -73,12 +73,61 @@ def _load_file(path: Path, builder: str) -> Dataset:
         raise DataError(f"{path}: the file is empty (expected one row per line, or a table)")
     try:
         kwargs = _csv_as_text(path) if builder == "csv" else {}
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as err:
         if _no_rows(err):
             raise DataError(f"{path}: the file has no rows") from None
         problem = first_json_problem(path) if builder == "json" else None
-        raise DataError(f"{path}: {problem or 'could not load: ' + root_cause(err)}") from None
+        if problem or builder != "json":
+            raise DataError(f"{path}: {problem or 'could not load: ' + root_cause(err)}") from None
+        return _json_rows_as_read(path)  # valid JSON whose columns Arrow cannot type: a row with content parts
+    if builder == "json" and not _contents_are_text(ds.features):
+        # datasets fell back to pandas, whose type inference turns answers such as "1" into numbers, or every
+        # row has content parts: read the rows as they are written
+        return _json_rows_as_read(path)
+    return ds
+
+
+def _contents_are_text(feature: Any) -> bool:
+    """Whether every `content` field of the features is a string column."""
+    if isinstance(feature, dict):
+        return all((v == datasets.Value("string") if k == "content" else _contents_are_text(v))
+                   for k, v in feature.items())
+    inner = getattr(feature, "feature", None)
+    return _contents_are_text(inner) if inner is not None else True
+
+
+def _json_rows_as_read(path: Path) -> Dataset:
+    """A JSON / JSON Lines file read by Python's json module, each value as written (no type inference), content
+    parts joined into text (zephyr.data.schemas.text_of_parts); a problem names its line."""
+    from zephyr.data.schemas import RowError, text_of_parts
+
+    def plain(value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            return {k: (text_of_parts(v, f"{where}.{k}") if k == "content" and isinstance(v, list)
+                        else plain(v, f"{where}.{k}")) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        numbered = list(enumerate(json.loads(text)))
+        label = "row {}"
+    else:
+        numbered = [(n, json.loads(line)) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+        label = "line {}"
+    rows = []
+    for number, row in numbered:
+        try:
+            rows.append({k: plain(v, k) for k, v in row.items()})
+        except RowError as err:
+            raise DataError(f"{path}: {label.format(number)}: {err}") from None
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # every key of every row, none dropped
+    try:
+        return Dataset.from_dict({c: [row.get(c) for row in rows] for c in columns})
+    except Exception as err:  # a column of mixed kinds (text in one row, a list in another)
+        raise DataError(f"{path}: could not load: {root_cause(err)}") from None
 
 
 def _no_rows(err: Exception) -> bool:
@@ -108,27 +157,69 @@ def check_utf8(path: Path, chunk_size: int = 1 << 20) -> None:
 
 
 def first_json_problem(path: Path) -> str | None:
-    """Where a JSON or JSON Lines file is broken ("line 3, column 48: not valid JSON (...)"), or None."""
+    """Where a JSON or JSON Lines file is broken ("line 3, column 48: not valid JSON (...)"), or None. Besides
+    syntax: a key given twice in one object, and a lone surrogate (half of a UTF-16 pair, escaped as \\udXXX),
+    which Python's reader accepts and Arrow's refuses without a line number."""
     with open(path, encoding="utf-8", newline="") as f:  # newline="": count lines as datasets does, by "\n"
         text = f.read()
     if not text.strip():
         return "the file has no rows (only blank lines)"
     if path.suffix.lower() == ".json":
         try:
-            json.loads(text)
-            return None
+            rows = json.loads(text, object_pairs_hook=_pairs_checked)
+            return _value_problem(rows, "the file")
         except json.JSONDecodeError as err:
             if err.msg != "Extra data":  # "Extra data" after the first object: a .json file in JSON Lines form
                 return f"line {err.lineno}, column {err.colno}: not valid JSON ({err.msg})"
+        except _DuplicateKey as err:
+            return f"{err}; expected each key once per object"
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_pairs_checked)
         except json.JSONDecodeError as err:
             return f"line {number}, column {err.colno}: not valid JSON ({err.msg}); expected one JSON object per line"
+        except _DuplicateKey as err:
+            return f"line {number}: {err}; expected each key once per object"
         if not isinstance(row, dict):
             return f"line {number}: expected a JSON object {{...}} per line, got {type(row).__name__}"
+        problem = _value_problem(row, f"line {number}")
+        if problem:
+            return problem
+    return None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _pairs_checked(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(f"the key {key!r} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _value_problem(value: Any, where: str) -> str | None:
+    """A string that is not valid Unicode (a lone surrogate) anywhere in a parsed JSON value."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as err:
+                bad = item[err.start]
+                return (f"{where}: a lone surrogate \\u{ord(bad):04x} in {item[max(0, err.start - 20):err.start]!r}...; "
+                        "expected valid Unicode text (a surrogate pair's two halves, or the character itself)")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return None
 
 
@@ -147,7 +238,7 @@ def _csv_as_text(path: Path) -> dict:
     return {"features": datasets.Features({c: datasets.Value("string") for c in header}), "keep_default_na": False}
 
 
-def _looks_like_hub_id(name: str) -> bool:
+def looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "~"))
 

@@ -143,7 +143,23 @@ def _messages(value: Any, name: str) -> list[dict[str, str]]:
 def _msg(role: Any, content: Any, where: str = "message") -> dict[str, str]:
     if not isinstance(role, str):
         raise RowError(f"{where}: role must be a string, got {role!r}")
+    if isinstance(content, list):  # OpenAI-style content parts, as exported chat data often has them
+        content = text_of_parts(content, f"'{where}.content'")
     return {"role": role, "content": _text(content, f"{where}.content")}
+
+
+def text_of_parts(parts: list[Any], where: str) -> str:
+    """A message's content given as OpenAI-style parts ([{"type": "text", "text": ...}, ...]): the text parts
+    joined by newlines. Any other part (an image, audio) is refused: the models trained here read text only."""
+    texts = []
+    for i, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text" or not isinstance(part.get("text"), str):
+            got = f"a part of type {kind!r}" if kind else f"{part!r:.60}"
+            raise RowError(f"{where}[{i}]: expected a text part {{\"type\": \"text\", \"text\": ...}}, got {got}; "
+                           "only text content can be trained on")
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def _text(value: Any, name: str) -> str:

@@ -11,6 +11,7 @@ against the installed libraries, naming the hook that broke.
 - `reference`: TRL's cache of precomputed reference log-probs (its key and weights hash), and the ZeRO-3 engine
   of its reference pass.
 - `lm_head`: TRL's fused LM head on CPU: only labelled positions, and zephyr's kernel (zephyr/lm_head_cpu.py).
+- `metrics`: TRL's logged per-pair metrics as means over pairs, not over batches.
 - `router`: the MoE load-balancing loss of a packed forward, over the padded batch's tokens.
 
 Upgrading transformers or TRL: run `pytest tests/test_hooks.py` first, and re-read `REFERENCE_NEUTRAL_FIELDS`.
@@ -18,6 +19,7 @@ Upgrading transformers or TRL: run `pytest tests/test_hooks.py` first, and re-re
 
 from zephyr.hooks.checkpoint import CheckpointHooks
 from zephyr.hooks.lm_head import cpu_log_prob_kernel, fast_lm_head, labelled_positions_only
+from zephyr.hooks.metrics import PerExampleMetrics
 from zephyr.hooks.reference import (
     REFERENCE_NEUTRAL_FIELDS,
     KTOReferencePassHooks,
@@ -36,6 +38,7 @@ __all__ = [
     "REFERENCE_NEUTRAL_FIELDS",
     "CheckpointHooks",
     "KTOReferencePassHooks",
+    "PerExampleMetrics",
     "PrivateHook",
     "ReferencePassHooks",
     "TrainerHooks",

@@ -12,6 +12,8 @@ import logging
 
 from zephyr.aif.config import AIFConfig
 from zephyr.aif.pipeline import Summary, run_aif
+from zephyr.inference.store import parse_shard
+from zephyr.run_lock import locked
 from zephyr.stages.common import parse_stage_args
 
 logger = logging.getLogger("zephyr.aif")
@@ -21,4 +23,6 @@ def main(argv: list[str]) -> Summary:
     rebinarize = "--rebinarize" in argv
     argv = [a for a in argv if a != "--rebinarize"]
     (cfg,) = parse_stage_args(argv, (AIFConfig,), "aif")
-    return run_aif(cfg, rebinarize=rebinarize)
+    # one run per output folder; a shard worker writes under the lock of the run that started it
+    with locked(cfg.output_dir, enabled=parse_shard(cfg.shard)[1] == 1):
+        return run_aif(cfg, rebinarize=rebinarize)

@@ -24,9 +24,10 @@ from zephyr.data.pipeline import DataReport
 from zephyr.data.schemas import Kind
 from zephyr.errors import RecipeError
 from zephyr.logs import configure_logging
-from zephyr.preflight import check_machine
+from zephyr.preflight import check_hub_reachable, check_machine, precision_note
 from zephyr.recipe import load_recipe
 from zephyr.rules import no_eval_set_message, strategy_name
+from zephyr.run_lock import locked
 from zephyr.secrets import is_secret_key
 from zephyr.stages.reliability import TrainingStopped
 from zephyr.tracking import prepare_tracking, tracking_callbacks
@@ -156,6 +157,19 @@ def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ..
     (resuming when a checkpoint exists) -> evaluate -> save model, tokenizer, metrics, recipe, model card."""
     model_args, data_args, training_args = parse_stage_args(argv, classes, stage)
     check_machine(model_args, training_args)  # before anything is loaded or written
+    check_hub_reachable(model_args, data_args)
+    note = precision_note(model_args, training_args)
+    if note and training_args.process_index == 0:
+        logger.warning("%s", note)
+    # one run per output_dir: a second one refuses at once, naming this one (zephyr/run_lock.py); the main
+    # process holds the lock for all ranks
+    with locked(training_args.output_dir, enabled=training_args.process_index == 0):
+        return train_in(stage, label, model_args, data_args, training_args, build_trainer)
+
+
+def train_in(stage: str, label: str, model_args: Any, data_args: Any, training_args: Any,
+             build_trainer: Callable[..., tuple[Any, Any, Any]]) -> dict[str, Any]:
+    """train_stage's work, with the output folder locked."""
     setup_logging(training_args)
     if training_args.world_size > 1:  # every rank says who it is: the stage log then shows all of them
         sys.stderr.write(f"zephyr: {stage} rank {training_args.process_index} of {training_args.world_size} on "
@@ -174,6 +188,9 @@ def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ..
         if trainer.accelerator.is_main_process:
             print(f"zephyr: {stop}", file=sys.stderr, flush=True)
         raise
+    whole_run = trainer.whole_run_train_loss() if hasattr(trainer, "whole_run_train_loss") else None
+    if whole_run is not None:  # the Trainer's train_loss averages only the steps since the last resume
+        result.metrics["train_loss"] = whole_run
     metrics = {**result.metrics, "train_samples": report.train_rows,
                **(trainer.run_record() if hasattr(trainer, "run_record") else {})}
     tokens = max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0)

@@ -19,6 +19,7 @@ from trl import DPOTrainer
 from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig
 from zephyr.data.cache import content_digest
 from zephyr.hooks import (
+    PerExampleMetrics,
     ReferencePassHooks,
     attn_implementation,
     fast_lm_head,
@@ -36,7 +37,7 @@ CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrDPOConfig)
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # a tokenized preference row
 
 
-class ZephyrDPOTrainer(PairLengthGrouping, ReliableTrainerMixin, ReferencePassHooks, DPOTrainer):
+class ZephyrDPOTrainer(PairLengthGrouping, ReliableTrainerMixin, ReferencePassHooks, PerExampleMetrics, DPOTrainer):
     """TRL's DPOTrainer whose on-disk cache of precomputed reference log-probs survives unrelated changes, with
     clean stops, a non-finite guard, atomic checkpoints and exact resume (zephyr/stages/reliability.py).
 

@@ -18,6 +18,7 @@ TrainerHooks), which declares and tests them.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -103,6 +104,8 @@ class StepGuard(TrainerCallback):
         self.saved_step = -1
         self._loss: torch.Tensor | None = None
         self._grad_norm: Any = None
+        self.run_loss_sum: torch.Tensor | None = None  # this process's step losses since it started, summed
+        self.prior_loss_sum, self.prior_steps = 0.0, 0  # the whole run's, up to the checkpoint resumed from
 
     # -- fed by the trainer ------------------------------------------------------------------------------
     def observe_loss(self, loss: torch.Tensor) -> None:
@@ -148,6 +151,8 @@ class StepGuard(TrainerCallback):
                              torch.tensor(float(self.received), device=device)])
         loss, grad_norm = self._loss, self._grad_norm
         self._loss = self._grad_norm = None
+        if loss is not None:  # on the device: no sync here
+            self.run_loss_sum = loss if self.run_loss_sum is None else self.run_loss_sum + loss
         loss_bad, grad_bad, signum = agree(flags, device)  # the one sync point per step
         step = state.global_step + 1
         if loss_bad or grad_bad:
@@ -189,6 +194,20 @@ class StepGuard(TrainerCallback):
             state.best_model_checkpoint = None
 
 
+    def whole_run_loss_sum(self, device: torch.device | str) -> float:
+        """The sum of every step's loss since the run began (resumes included), averaged over the processes as the
+        Trainer's logged losses are. A collective: every rank calls it."""
+        local = torch.zeros((), device=device) if self.run_loss_sum is None else self.run_loss_sum.to(device)
+        if world_size() > 1:
+            local = local.clone()
+            dist.all_reduce(local, op=dist.ReduceOp.SUM)
+            local = local / world_size()
+        return self.prior_loss_sum + float(local)
+
+
+LOSS_FILE = "zephyr_train_loss.json"  # in each checkpoint: the sum of the step losses up to it
+
+
 class SeededLengthGroupedSampler(LengthGroupedSampler):
     """transformers' LengthGroupedSampler shuffles with the global torch RNG when an epoch starts. A resumed run
     starts its epoch before it restores the checkpoint's RNG state, so it would group the rows differently from
@@ -223,6 +242,14 @@ class ReliableTrainerMixin(CheckpointHooks, TrainerHooks):
     def train(self, *args: Any, **kwargs: Any):
         """Training with SIGTERM/SIGINT turned into a stop at the next step boundary; raises TrainingInterrupted
         once the checkpoint is saved, so the caller does not go on as if training had finished."""
+        resumed = kwargs.get("resume_from_checkpoint")
+        self.loss_sum_known = True
+        if isinstance(resumed, str):  # the loss sum up to the checkpoint (a checkpoint of zephyr's has it)
+            saved = Path(resumed) / LOSS_FILE
+            self.loss_sum_known = saved.is_file()
+            if self.loss_sum_known:
+                record = json.loads(saved.read_text())
+                self.step_guard.prior_loss_sum, self.step_guard.prior_steps = record["loss_sum"], record["steps"]
         with self.step_guard.catching_signals():
             output = super().train(*args, **kwargs)
         guard = self.step_guard
@@ -234,6 +261,15 @@ class ReliableTrainerMixin(CheckpointHooks, TrainerHooks):
         if guard.received:
             logger.warning("%s arrived during the last step: finishing the stage", signal.Signals(guard.received).name)
         return output
+
+    def whole_run_train_loss(self) -> float | None:
+        """The mean step loss over the whole run, resumes included (the Trainer's `train_loss` averages only the
+        steps of the last process). None when a resumed checkpoint did not record its sum. Every rank calls it."""
+        total = self.step_guard.whole_run_loss_sum(self.args.device)
+        steps = self.state.global_step
+        return total / steps if steps and self.loss_sum_known else None
+
+    loss_sum_known = True  # False after resuming from a checkpoint that did not record its loss sum
 
     def _interrupted(self) -> bool:
         return bool(self.step_guard.stop_signal) and self.state.global_step < self.state.max_steps
@@ -277,6 +313,7 @@ class ReliableTrainerMixin(CheckpointHooks, TrainerHooks):
         step = self.state.global_step
         final = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
         staging = checkpointing.staging_dir(run_dir, step)
+        loss_sum = self.step_guard.whole_run_loss_sum(self.args.device)  # a collective: before any rank branches
         error: Exception | None = None
         self.checkpoint_staging_root = str(staging)
         try:
@@ -290,6 +327,7 @@ class ReliableTrainerMixin(CheckpointHooks, TrainerHooks):
             self._save_failed(error, final, staging, run_dir)
         staged = staging / final.name
         if self.args.should_save and staged.is_dir():  # (with save_on_each_node on a shared disk, once)
+            (staged / LOSS_FILE).write_text(json.dumps({"loss_sum": loss_sum, "steps": step}))
             if self.state.best_model_checkpoint == str(staged):  # the best is this one: record where it will live
                 self.state.best_model_checkpoint = str(final)
                 self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
@@ -302,9 +340,9 @@ class ReliableTrainerMixin(CheckpointHooks, TrainerHooks):
         self.accelerator.wait_for_everyone()  # nobody reads or resumes before the rename
 
     def _save_failed(self, error: Exception | None, final: Path, staging: Path, run_dir: str) -> None:
-        if error is not None:
-            logger.error("saving %s failed", final, exc_info=error)
         full = error is not None and checkpointing.is_disk_full(error, run_dir)
+        if error is not None:  # a full disk is the machine's state, not a bug: one line, no traceback
+            logger.error("saving %s failed: %s", final, error, exc_info=None if full else error)
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)  # frees the space the partial save took
         what = "the disk is full" if full else (f"{type(error).__name__}: {error}" if error else "another rank failed")

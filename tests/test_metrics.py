@@ -1,0 +1,61 @@
+"""The metrics a stage writes are what they say: per-pair means over the whole eval set whatever the batching,
+at full precision, checked against an independent computation from the saved policy and reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import process_state_kept, sequence_logps
+from transformers import AutoModelForCausalLM
+
+from zephyr.stages import dpo
+from zephyr.stages.common import parse_stage_args
+
+BETA = 0.1
+
+
+def rewards_by_hand(policy, reference, rows) -> dict[str, float]:
+    """Each pair alone, unpadded, plain forwards: beta * (policy - reference) log-prob of each answer."""
+    chosen, rejected = [], []
+    with torch.no_grad():
+        for row in rows:
+            for side, out in (("chosen_ids", chosen), ("rejected_ids", rejected)):
+                ids = torch.tensor([row["prompt_ids"] + row[side]])
+                mask = torch.zeros_like(ids)
+                mask[0, len(row["prompt_ids"]):] = 1
+                ones = torch.ones_like(ids)
+                out.append(BETA * float(sequence_logps(policy, ids, ones, mask) - sequence_logps(reference, ids, ones,
+                                                                                                   mask)))
+    c, r = torch.tensor(chosen, dtype=torch.float64), torch.tensor(rejected, dtype=torch.float64)
+    return {"eval_rewards/chosen": float(c.mean()), "eval_rewards/rejected": float(r.mean()),
+            "eval_rewards/accuracies": float((c > r).double().mean()), "eval_rewards/margins": float((c - r).mean())}
+
+
+@pytest.mark.slow
+def test_dpo_eval_reward_metrics_are_per_pair_means_at_full_precision(tiny_dir, tmp_path, monkeypatch):
+    """100 eval pairs in batches of 32 (32/32/32/4): TRL's mean of batch means weighs the last 4 pairs like 32.
+    zephyr's metrics equal the per-pair means of rewards recomputed pair by pair, and all_results.json keeps them
+    at full precision."""
+    monkeypatch.setenv("ZEPHYR_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "dpo"
+    argv = [f"model_name_or_path={tiny_dir / 'model'}", "dtype=float32", f"dataset_name={tiny_dir / 'data' / 'prefs'}",
+            "dataset_train_split=train_prefs", "dataset_test_split=test_prefs", "max_train_samples=32",
+            "long_rows=drop", "max_length=128", "per_device_train_batch_size=8", "per_device_eval_batch_size=32",
+            "max_steps=4", "learning_rate=5e-3", "warmup_steps=0", f"beta={BETA}", "eval_strategy=no",
+            "save_strategy=no", "report_to=none", "gradient_checkpointing=false", f"output_dir={out}", "seed=0"]
+    with process_state_kept():
+        dpo.main(argv)
+    results = json.loads((out / "all_results.json").read_text())
+    # the same eval rows as the run, prepared again (from the cache) the way the run prepared them
+    trainer, _, _ = dpo.build_trainer(*parse_stage_args(argv, dpo.CONFIG_CLASSES, "dpo"))
+    rows = trainer.eval_dataset
+    assert len(rows) % 32 and len(rows) > 64  # a short last batch
+    policy = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_dir / "model", dtype=torch.float32).eval()
+    want = rewards_by_hand(policy, reference, rows)
+    assert 0.05 < want["eval_rewards/accuracies"] < 0.95  # trained: not all ties at 0
+    for key, value in want.items():  # fp32 forwards, packed against unpadded: ~1e-6 on log-probs of ~100 tokens
+        assert abs(results[key] - value) < 2e-5, (key, results[key], value)
+    assert any(round(results[key], 4) != results[key] for key in want)  # full precision, not 4 decimals
