@@ -4,6 +4,9 @@ at full precision, checked against an independent computation from the saved pol
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -34,24 +37,33 @@ def rewards_by_hand(policy, reference, rows) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_dpo_eval_reward_metrics_are_per_pair_means_at_full_precision(tiny_dir, tmp_path, monkeypatch):
-    """100 eval pairs in batches of 32 (32/32/32/4): TRL's mean of batch means weighs the last 4 pairs like 32.
+@pytest.mark.parametrize("processes", [1, 2])
+def test_dpo_eval_reward_metrics_are_per_pair_means_at_full_precision(processes, tiny_dir, tmp_path, monkeypatch):
+    """99 eval pairs in batches of 32 (32/32/32/3; under 2 processes 64/35, the last batch evened out by a
+    repeated pair): TRL's mean of batch means weighs the last pairs like full batches and counts the repeat.
     zephyr's metrics equal the per-pair means of rewards recomputed pair by pair, and all_results.json keeps them
     at full precision."""
     monkeypatch.setenv("ZEPHYR_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "dpo"
     argv = [f"model_name_or_path={tiny_dir / 'model'}", "dtype=float32", f"dataset_name={tiny_dir / 'data' / 'prefs'}",
             "dataset_train_split=train_prefs", "dataset_test_split=test_prefs", "max_train_samples=32",
-            "long_rows=drop", "max_length=128", "per_device_train_batch_size=8", "per_device_eval_batch_size=32",
-            "max_steps=4", "learning_rate=5e-3", "warmup_steps=0", f"beta={BETA}", "eval_strategy=no",
-            "save_strategy=no", "report_to=none", "gradient_checkpointing=false", f"output_dir={out}", "seed=0"]
-    with process_state_kept():
-        dpo.main(argv)
+            "max_eval_samples=99", "long_rows=drop", "max_length=128",
+            f"per_device_train_batch_size={8 // processes}", "per_device_eval_batch_size=32", "max_steps=4",
+            "learning_rate=5e-3", "warmup_steps=0", f"beta={BETA}", "eval_strategy=no", "save_strategy=no",
+            "report_to=none", "gradient_checkpointing=false", f"output_dir={out}", "seed=0"]
+    if processes == 1:
+        with process_state_kept():
+            dpo.main(argv)
+    else:  # the documented way: `zephyr dpo ... --accelerate-config cpu_2proc`
+        proc = subprocess.run([sys.executable, "-m", "zephyr.cli", "dpo", *argv, "--accelerate-config", "cpu_2proc"],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     # the same eval rows as the run, prepared again (from the cache) the way the run prepared them
     trainer, _, _ = dpo.build_trainer(*parse_stage_args(argv, dpo.CONFIG_CLASSES, "dpo"))
     rows = trainer.eval_dataset
-    assert len(rows) % 32 and len(rows) > 64  # a short last batch
+    assert len(rows) % 2 and len(rows) > 64  # a short last batch, uneven across 2 processes
     policy = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     reference = AutoModelForCausalLM.from_pretrained(tiny_dir / "model", dtype=torch.float32).eval()
     want = rewards_by_hand(policy, reference, rows)

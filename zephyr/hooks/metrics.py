@@ -66,7 +66,16 @@ class PerExampleMetrics:
             yield
             return
         accelerator = self.accelerator
-        accelerator.gather = accelerator.gather_for_metrics
+        real_gather = accelerator.gather
+
+        def gather_without_repeats(tensor):
+            accelerator.gather = real_gather  # gather_for_metrics gathers with it, then drops the repeats
+            try:
+                return accelerator.gather_for_metrics(tensor)
+            finally:
+                accelerator.gather = gather_without_repeats
+
+        accelerator.gather = gather_without_repeats
         try:
             yield
         finally:
