@@ -85,7 +85,7 @@ def test_a_lock_from_another_host_holds_while_refreshed_and_is_stale_when_not(tm
 
 def test_a_file_or_an_unwritable_folder_is_one_clear_error(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(RecipeError, match=r"file: cannot create this folder \(File exists\)"):
+    with pytest.raises(RecipeError, match=r"file: exists and is a file; expected a folder to write into"):
         RunLock(tmp_path / "file").acquire()
     original = Path.touch
 

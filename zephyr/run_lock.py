@@ -119,7 +119,7 @@ class RunLock:
         holder = _read(self.path)
         if holder is None:
             return  # released meanwhile: try again
-        if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        if holder and holder.get("pid") == os.getpid() and _holder_alive(holder, self.path):
             raise FolderInUse(f"{self.folder} is already locked by this process")
         if self._still_held(holder):
             who = _describe(holder) if holder else "a run that is starting"

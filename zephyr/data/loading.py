@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 from datasets import Dataset, concatenate_datasets
 
 from zephyr.configs import DataArguments, DatasetSource
@@ -80,11 +81,15 @@ def _load_file(path: Path, builder: str) -> Dataset:
         problem = first_json_problem(path) if builder == "json" else None
         if problem or builder != "json":
             raise DataError(f"{path}: {problem or 'could not load: ' + root_cause(err)}") from None
-        return _json_rows_as_read(path)  # valid JSON whose columns Arrow cannot type: a row with content parts
+        as_read = _json_rows_as_read(path)  # valid JSON whose columns Arrow cannot type: a row with content parts
+        if as_read is None:
+            raise DataError(f"{path}: could not load: {root_cause(err)}") from None
+        return as_read
     if builder == "json" and not _contents_are_text(ds.features):
-        # datasets fell back to pandas, whose type inference turns answers such as "1" into numbers, or every
-        # row has content parts: read the rows as they are written
-        return _json_rows_as_read(path)
+        # datasets fell back to pandas, whose type inference turns answers such as "1" into numbers, or rows have
+        # content parts: read the rows as they are written. When those still mix types in a column (a content of
+        # 42 among strings), datasets' table is kept: row validation then names the row.
+        return _json_rows_as_read(path) or ds
     return ds
 
 
@@ -97,14 +102,15 @@ def _contents_are_text(feature: Any) -> bool:
     return _contents_are_text(inner) if inner is not None else True
 
 
-def _json_rows_as_read(path: Path) -> Dataset:
+def _json_rows_as_read(path: Path) -> Dataset | None:
     """A JSON / JSON Lines file read by Python's json module, each value as written (no type inference), content
-    parts joined into text (zephyr.data.schemas.text_of_parts); a problem names its line."""
+    parts joined into text (zephyr.data.schemas.text_of_parts); a problem names its line. None when a column
+    still mixes kinds of values (text in one row, a number or a list in another)."""
     from zephyr.data.schemas import RowError, text_of_parts
 
     def plain(value: Any, where: str) -> Any:
         if isinstance(value, dict):
-            return {k: (text_of_parts(v, f"{where}.{k}") if k == "content" and isinstance(v, list)
+            return {k: (text_of_parts(v, f"'{where}.{k}'") if k == "content" and isinstance(v, list)
                         else plain(v, f"{where}.{k}")) for k, v in value.items()}
         if isinstance(value, list):
             return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -126,8 +132,8 @@ def _json_rows_as_read(path: Path) -> Dataset:
     columns = list(dict.fromkeys(k for row in rows for k in row))  # every key of every row, none dropped
     try:
         return Dataset.from_dict({c: [row.get(c) for row in rows] for c in columns})
-    except Exception as err:  # a column of mixed kinds (text in one row, a list in another)
-        raise DataError(f"{path}: could not load: {root_cause(err)}") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):  # a column of mixed kinds
+        return None
 
 
 def _no_rows(err: Exception) -> bool:
