@@ -30,7 +30,7 @@ from zephyr.errors import RecipeError
 LOCK_SUFFIX = ".zephyr-lock"
 HEARTBEAT = 30.0  # seconds between refreshes of the lock file's modification time
 STALE_AFTER = 4 * HEARTBEAT  # a lock from another host untouched this long has lost its holder
-GRACE = 5.0  # seconds a live holder is given to finish exiting (a run just stopped) before a second run refuses
+GRACE = 3.0  # seconds a live holder is given to finish exiting (a run just stopped) before a second run refuses
 
 
 class FolderInUse(RecipeError):
