@@ -682,3 +682,24 @@ def test_half_precision_weights_without_mixed_precision_are_said_before_the_run(
     assert "dtype bfloat16 with bf16: false and fp16: false: the weights, their gradients and the optimizer's " \
            "updates are all bfloat16" in precision
     assert not [line for line in dry_run_stage("sft", [str(recipe), "dtype=float32"]) if "master weights" in line]
+
+
+def test_tiny_model_and_shard_mistakes_are_one_line(tmp_path, capsys):
+    """`zephyr tiny-model` into a folder that cannot be made, or with a width no model has; `--shard 3/2`."""
+    (tmp_path / "file").write_text("x")
+    assert cli_error(capsys, "tiny-model", "--output-dir", str(tmp_path / "file" / "tiny")).startswith(
+        f"zephyr: error: --output-dir {tmp_path / 'file' / 'tiny'}: cannot write there (")
+    with pytest.raises(SystemExit) as stop:  # argparse's own one-line usage error
+        cli_main(["tiny-model", "--hidden-size", "0", "--output-dir", str(tmp_path / "t")])
+    assert stop.value.code == 2
+    assert "--hidden-size: expected a multiple of 8 (4 heads of even width), got 0" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+    line = cli_error(capsys, "aif", str(REPO / "recipes/tiny/aif.yaml"), "--shard", "3/2")
+    assert line == "zephyr: error: shard: expected i/n with 0 <= i < n, e.g. 0/4; got '3/2'"
+
+
+def test_run_from_and_only_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["run", str(REPO / "recipes/tiny"), "--from", "sft", "--only", "dpo", "--dry-run"])
+    assert stop.value.code == 2
+    assert "argument --only: not allowed with argument --from" in capsys.readouterr().err

@@ -150,10 +150,19 @@ def _tiny_model(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.eval_fraction < 1:
         parser.error(f"--eval-fraction: expected a number between 0 and 1, got {args.eval_fraction}")
+    if args.hidden_size < 8 or args.hidden_size % 8:  # 4 attention heads of an even width (rotary embeddings)
+        parser.error(f"--hidden-size: expected a multiple of 8 (4 heads of even width), got {args.hidden_size}")
+    if args.num_layers < 1:
+        parser.error(f"--num-layers: expected at least 1, got {args.num_layers}")
     from zephyr.embedded.build import build_tiny_model
 
-    out = build_tiny_model(args.output_dir, args.tokenizer, args.hidden_size, args.num_layers, args.seed,
-                           eval_fraction=args.eval_fraction, split_seed=args.split_seed)
+    try:
+        out = build_tiny_model(args.output_dir, args.tokenizer, args.hidden_size, args.num_layers, args.seed,
+                               eval_fraction=args.eval_fraction, split_seed=args.split_seed)
+    except OSError as err:  # a folder that cannot be made or written
+        print(f"zephyr: error: --output-dir {args.output_dir}: cannot write there ({err.strerror or err})",
+              file=sys.stderr)
+        return 2
     print(f"embedded default written to {out}/model and {out}/data")
     return 0
 

@@ -365,8 +365,9 @@ def key_metrics(name: str, folder: Path) -> str:
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="zephyr run", description=__doc__.split("\n\n")[0])
     parser.add_argument("pipeline", help="pipeline YAML, or a folder holding pipeline.yaml")
-    parser.add_argument("--from", dest="start", metavar="STAGE", help="rerun this stage and the ones after it")
-    parser.add_argument("--only", metavar="STAGE", help="run only this stage (a later round's: aif_r2, dpo_r2, ...)")
+    which = parser.add_mutually_exclusive_group()  # one or the other: together they would contradict
+    which.add_argument("--from", dest="start", metavar="STAGE", help="rerun this stage and the ones after it")
+    which.add_argument("--only", metavar="STAGE", help="run only this stage (a later round's: aif_r2, dpo_r2, ...)")
     parser.add_argument("--rounds", type=int, metavar="N",
                         help="iterative rounds of AIF + dDPO on the newest policy (replaces the file's rounds count)")
     parser.add_argument("--root", help="output root (replaces ${root}); default: the pipeline's root")

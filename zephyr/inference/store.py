@@ -98,5 +98,5 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
         if not 0 <= i < n:
             raise ValueError
     except ValueError:
-        raise ValueError(f"shard: expected i/n with 0 <= i < n, e.g. 0/4; got {shard!r}") from None
+        raise StoreError(f"shard: expected i/n with 0 <= i < n, e.g. 0/4; got {shard!r}") from None
     return i, n
