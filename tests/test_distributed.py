@@ -1,5 +1,5 @@
 """Several processes on CPU (gloo): a 2-process run equals one process with the same global batch
-(REFERENCE.md 5, pitfall 10), launched the documented way: `zephyr <stage> --accelerate-config cpu_2proc`."""
+(gradient-accumulation and process-count scaling must not change the trajectory), launched the documented way: `zephyr <stage> --accelerate-config cpu_2proc`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The GPU check kit (benchmarks/gpu/) runs its code paths on CPU in the suite, so it never rots between loans of
+"""The GPU check kit (benchmarks/gpu/) runs its code paths on CPU in the suite, so it never rots between runs on
 a GPU machine."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def test_wheel_install_adds_only_what_is_missing(tmp_path, monkeypatch):
 
 
 def test_carried_set_fits_the_limit_when_fetched():
-    """Where `wheels.py fetch` has run (a GPU session), what travels must fit one call's 64 MiB."""
+    """Where `wheels.py fetch` has run (before a GPU run), what travels must fit one call's 64 MiB."""
     sys.path.insert(0, str(KIT))
     try:
         import wheels

@@ -1,7 +1,7 @@
 """Stopping and resuming training for real: SIGKILL, SIGTERM/SIGINT (one rank of two included), a crash in the
 middle of a save, a full disk, nan/inf. Every interrupted run, rerun with the same command, must end exactly where
 an uninterrupted run ends: the same per-step losses, learning rates and token counts, the same weights
-(REFERENCE.md 5, pitfall 12)."""
+(data order, LR schedule and RNG continue exactly; an incomplete checkpoint is never picked)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tokenization invariants (REFERENCE.md 5, pitfalls 1-6), checked on what TRL's trainers actually feed the
+"""Tokenization invariants (BOS, prompt/answer boundaries, EOS, label masking, padding side, truncation), checked on what TRL's trainers actually feed the
 model, with both embedded tokenizers: the 1k BPE one and Mistral-7B's real SentencePiece one."""
 
 from __future__ import annotations

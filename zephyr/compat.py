@@ -1,7 +1,7 @@
 """Load recipes written for the alignment-handbook and for older TRL/transformers releases.
 
 Keys that still mean something are renamed; keys whose feature no longer exists are dropped with a warning
-that says what happens instead. Facts from transformers 5 / TRL 1.16 release notes (see REFERENCE.md 4).
+that says what happens instead. Facts from transformers 5 / TRL 1.16 release notes (the README lists the tested versions).
 """
 
 from __future__ import annotations

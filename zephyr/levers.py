@@ -22,12 +22,11 @@ reason; the trainer logs them once and writes them to all_results.json, and `--d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 MASKED_KERNELS = ("sdpa", "eager")  # attention kernels that take a custom 4D attention mask
 ATTENTION_TYPES = ("full_attention", "sliding_attention")  # layer types zephyr builds masks for
 PER_TOKEN_TYPES = ("mlp", "moe")  # layers without token mixing (Nemotron-H lists them as layer types)
-LAYOUTS = ("padded", "packed", "shared_prompt")
 # config keys that mark recurrent or convolutional token mixing in models that list no layer types
 RECURRENT_KEYS = ("mamba", "ssm_state_size", "conv_kernel", "linear_num_key_heads", "attn_layer_period")
 
@@ -43,7 +42,7 @@ class AttentionMasks:
 
 @dataclass
 class LayoutChoice:
-    layout: str  # one of LAYOUTS
+    layout: Literal["padded", "packed", "shared_prompt"]
     masks: AttentionMasks | None  # None: the model builds the masks from the position ids (plain packing only)
     fallbacks: list[str] = field(default_factory=list)  # one line per lever that could not be used as asked
 

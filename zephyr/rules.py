@@ -26,7 +26,7 @@ from zephyr.errors import RecipeError
 
 logger = logging.getLogger(__name__)
 
-# TRL 1.16 (DPOConfig.loss_type, a list; SFTConfig.loss_type, one name). See REFERENCE.md 4.
+# TRL 1.16's documented loss types (DPOConfig.loss_type, a list; SFTConfig.loss_type, one name).
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 SFT_LOSS_TYPES = ("nll", "dft")

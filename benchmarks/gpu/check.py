@@ -1,4 +1,4 @@
-"""GPU check kit: one script that proves zephyr's GPU paths within one short loan of a GPU machine.
+"""GPU check kit: one script that proves zephyr's GPU paths in one short run on a GPU node.
 
     bash benchmarks/gpu/run.sh                      # on the GPU machine (installs the carried wheels first)
     python benchmarks/gpu/check.py --smoke --out D  # the same code paths on CPU with a tiny model (~1 min)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# On the lent GPU machine, from the repository root: install the carried wheels it lacks, then run the kit.
-# Prepared here with `python benchmarks/gpu/wheels.py fetch`; the device tool carries benchmarks/gpu/wheels.
+# On the air-gapped GPU node, from the repository root: install the carried wheels it lacks, then run the kit.
+# Prepared on a connected machine with `python benchmarks/gpu/wheels.py fetch`; copy benchmarks/gpu/wheels along.
 # Extra arguments go to check.py (e.g. --only env matmul).
 set -uo pipefail
 cd "$(dirname "$0")/../.."

@@ -1,9 +1,9 @@
-"""The packages the lent GPU machine lacks, as wheels that travel with the working tree (`carry`).
+"""The packages an air-gapped GPU node lacks, as wheels that travel with the checkout.
 
     python benchmarks/gpu/wheels.py fetch             # here: download into benchmarks/gpu/wheels/ (git-ignored)
     python benchmarks/gpu/wheels.py install DIR       # there: pip install --no-index --no-deps --target DIR
 
-The lent machine (../shared/REFERENCE.md section 7) has Python 3.12, torch with CUDA, transformers 5.17,
+The node this is written for has Python 3.12, torch with CUDA, transformers 5.17,
 accelerate, peft, pyarrow, pandas, tokenizers, safetensors; nothing can be downloaded there and at most 64 MiB
 travel per call. So: wheels for Python 3.12 / manylinux x86_64, chosen to fit what is installed there:
 - datasets 4.8 rather than our 5.2: transformers 5.17 wants huggingface-hub < 2, which datasets 4.8 accepts
@@ -106,7 +106,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     fetch_parser = sub.add_parser("fetch", help="download the wheels and the tokenizer into benchmarks/gpu/wheels/")
-    fetch_parser.add_argument("--python-version", default="3.12", help="the lent machine's Python (default 3.12)")
+    fetch_parser.add_argument("--python-version", default="3.12", help="the GPU node's Python (default 3.12)")
     install_parser = sub.add_parser("install", help="install the carried wheels this machine lacks into DIR")
     install_parser.add_argument("target", type=Path)
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""Recognise the dataset schemas users bring (REFERENCE.md 2) and convert each row to one canonical form.
+"""Recognise the dataset schemas users bring (the hub layouts: messages, prompt/chosen/rejected, UltraFeedback) and convert each row to one canonical form.
 
 SFT rows become {"messages": [...]}; preference rows become TRL's explicit conversational form
 {"prompt": [...], "chosen": [assistant message], "rejected": [assistant message]}; unpaired rows (KTO) become
