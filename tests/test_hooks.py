@@ -2,8 +2,8 @@
 against the installed libraries. An upgrade that renames a hook, changes its parameters or stops calling it fails
 here, and the test id names the hook (`test_hook_exists[transformers.Trainer._get_grad_norm]`).
 
-One short dSFT, dDPO and KTO run each (2 steps, a checkpoint each step, pushed to a stand-in Hub) are shared by
-every "is it still reached" check; tests/test_pref_stages.py checks the checkpoint hooks inside the ORPO, CPO, KTO
+One short dSFT, dDPO and KTO run each (2 steps, a checkpoint each step, pushed to a stand-in Hub), and a short
+ORPO run, are shared by every "is it still reached" check; tests/test_pref_stages.py checks the checkpoint hooks inside the ORPO, CPO, KTO
 and reward trainers."""
 
 from __future__ import annotations
@@ -88,6 +88,10 @@ def short_runs(tiny_dir, tmp_path_factory):
             trainer, _, _ = module.build_trainer(*configs)
             trainer.train()
             trainers[stage] = trainer
+        # TRL's experimental ORPO (and CPO) trainers keep their metrics apart (`_stored_metrics`): one short run
+        orpo_trainer, _, _ = orpo.build_trainer(*stage_configs("orpo", tiny_dir, tmp / "orpo", max_steps=2,
+                                                               max_train_samples=16))
+        orpo_trainer.train()
     return SimpleNamespace(calls=calls, uploads=hub.uploads, trainers=trainers)
 
 
@@ -149,7 +153,7 @@ def test_the_library_still_calls_the_zephyr_side_of_every_hook(short_runs):
 
 
 PUBLIC_OVERRIDES = {"__init__", "train", "training_step", "get_train_dataloader", "compute_loss",
-                    "compute_ref_log_probs", "log"}
+                    "compute_ref_log_probs", "log", "get_batch_loss_metrics", "store_metrics"}
 
 
 @pytest.mark.parametrize("trainer_class", [sft.ZephyrSFTTrainer, dpo.ZephyrDPOTrainer, orpo.ZephyrORPOTrainer,
@@ -180,6 +184,10 @@ def test_public_methods_zephyr_overrides_keep_their_parameters():
     assert list(inspect.signature(DPOTrainer.compute_loss).parameters) == [
         "self", "model", "inputs", "return_outputs", "num_items_in_batch"]
     assert list(inspect.signature(DPOTrainer.log).parameters) == ["self", "logs", "start_time"]
+    for trainer in (orpo.ORPOTrainer, simpo.CPOTrainer):  # zephyr/hooks/metrics.py WeightedOddsMetrics
+        assert list(inspect.signature(trainer.get_batch_loss_metrics).parameters) == [
+            "self", "model", "batch", "train_eval"]
+        assert list(inspect.signature(trainer.store_metrics).parameters) == ["self", "metrics", "train_eval"]
 
 
 # Private names zephyr used to reach for and now does through public APIs: they must not come back.

@@ -1,5 +1,6 @@
-"""The metrics a stage writes are what they say: per-pair means over the whole eval set whatever the batching,
-at full precision, checked against an independent computation from the saved policy and reference."""
+"""The metrics a stage writes are what they say: means over the pairs, rows or tokens of the whole eval set
+whatever the batching, at full precision, checked against an independent computation from the saved policy and
+reference (dDPO) and against the eval set in one batch (every training stage)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,48 @@ def test_dpo_eval_reward_metrics_are_per_pair_means_at_full_precision(processes,
     for key, value in want.items():  # fp32 forwards, packed against unpadded: ~1e-6 on log-probs of ~100 tokens
         assert abs(results[key] - value) < 2e-5, (key, results[key], value)
     assert any(round(results[key], 4) != results[key] for key in want)  # full precision, not 4 decimals
+
+
+# ------------------------------------------------------------------------------- every trainer, every metric
+SIZE_INDEPENDENT = {  # stage: the metrics TRL logs as per-batch values that WeightedMetrics weighs
+    "sft": ("eval_entropy", "eval_mean_token_accuracy"),
+    "dpo": ("eval_rewards/chosen", "eval_rewards/accuracies", "eval_logps/rejected", "eval_entropy",
+            "eval_logits/chosen", "eval_logits/rejected", "eval_mean_token_accuracy"),
+    "kto": ("eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins", "eval_logps/chosen",
+            "eval_entropy", "eval_logits/chosen", "eval_logits/rejected"),
+    "rm": ("eval_accuracy", "eval_margin", "eval_mean_reward", "eval_min_reward", "eval_max_reward"),
+    "orpo": ("eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen", "eval_nll_loss",
+             "eval_log_odds_ratio"),
+    "simpo": ("eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen", "eval_nll_loss"),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(SIZE_INDEPENDENT))
+def test_every_logged_metric_is_the_same_whatever_the_eval_batch_size(stage, tiny_dir, tmp_path, monkeypatch):
+    """After a few steps away from the reference, the eval set in one batch (TRL's own per-batch mean is then the
+    mean over every pair, row or answer token) and in batches of 3, 3, 3 and 2 (answers of unequal length): every
+    metric a trainer logs is the same, to float32 rounding, and the min and max are those of the whole set."""
+    from helpers import stage_configs
+
+    from zephyr.stages import dpo as dpo_stage
+    from zephyr.stages import kto, orpo, rm, sft, simpo
+
+    module = {"sft": sft, "dpo": dpo_stage, "kto": kto, "rm": rm, "orpo": orpo, "simpo": simpo}[stage]
+    monkeypatch.setenv("ZEPHYR_CACHE", str(tmp_path / "cache"))
+    eval_rows = 11
+    configs = stage_configs(stage, tiny_dir, tmp_path, max_steps=3, learning_rate=1e-2, warmup_steps=0,
+                            max_eval_samples=eval_rows, per_device_eval_batch_size=eval_rows)
+    with process_state_kept():
+        trainer, _, _ = module.build_trainer(*configs)
+        trainer.train()
+        rows = len(trainer.eval_dataset)
+        assert rows >= 10 and rows % 3  # a short last batch
+        whole = trainer.evaluate()
+        trainer.args.per_device_eval_batch_size = 3
+        batched = trainer.evaluate()
+    for key in SIZE_INDEPENDENT[stage]:
+        # float32 sums over a few hundred values, padded to other widths: ~1e-6 relative; a batch mean off
+        # by the last short batch moves these by > 1e-3
+        assert batched[key] == pytest.approx(whole[key], rel=2e-5, abs=2e-6), (key, batched[key], whole[key])
+    moved = [k for k in SIZE_INDEPENDENT[stage] if abs(whole[k]) > 1e-4]
+    assert moved, whole  # trained away from the reference: the metrics are not all at a tie value

@@ -11,7 +11,7 @@ against the installed libraries, naming the hook that broke.
 - `reference`: TRL's cache of precomputed reference log-probs (its key and weights hash), and the ZeRO-3 engine
   of its reference pass.
 - `lm_head`: TRL's fused LM head on CPU: only labelled positions, and zephyr's kernel (zephyr/lm_head_cpu.py).
-- `metrics`: TRL's logged per-pair metrics as means over pairs, not over batches.
+- `metrics`: TRL's logged metrics as means over the pairs, rows or tokens they describe, not over batches.
 - `router`: the MoE load-balancing loss of a packed forward, over the padded batch's tokens.
 
 Upgrading transformers or TRL: run `pytest tests/test_hooks.py` first, and re-read `REFERENCE_NEUTRAL_FIELDS`.
@@ -19,7 +19,17 @@ Upgrading transformers or TRL: run `pytest tests/test_hooks.py` first, and re-re
 
 from zephyr.hooks.checkpoint import CheckpointHooks
 from zephyr.hooks.lm_head import cpu_log_prob_kernel, fast_lm_head, labelled_positions_only
-from zephyr.hooks.metrics import PerExampleMetrics
+from zephyr.hooks.metrics import (
+    CPO_WEIGHTS,
+    DPO_WEIGHTS,
+    KTO_WEIGHTS,
+    ORPO_WEIGHTS,
+    RM_EXTREMES,
+    RM_WEIGHTS,
+    SFT_WEIGHTS,
+    WeightedMetrics,
+    WeightedOddsMetrics,
+)
 from zephyr.hooks.reference import (
     REFERENCE_NEUTRAL_FIELDS,
     KTOReferencePassHooks,
@@ -38,7 +48,15 @@ __all__ = [
     "REFERENCE_NEUTRAL_FIELDS",
     "CheckpointHooks",
     "KTOReferencePassHooks",
-    "PerExampleMetrics",
+    "CPO_WEIGHTS",
+    "DPO_WEIGHTS",
+    "KTO_WEIGHTS",
+    "ORPO_WEIGHTS",
+    "RM_EXTREMES",
+    "RM_WEIGHTS",
+    "SFT_WEIGHTS",
+    "WeightedMetrics",
+    "WeightedOddsMetrics",
     "PrivateHook",
     "ReferencePassHooks",
     "TrainerHooks",

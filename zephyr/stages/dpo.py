@@ -19,8 +19,9 @@ from trl import DPOTrainer
 from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig
 from zephyr.data.cache import content_digest
 from zephyr.hooks import (
-    PerExampleMetrics,
+    DPO_WEIGHTS,
     ReferencePassHooks,
+    WeightedMetrics,
     attn_implementation,
     fast_lm_head,
     model_identity,
@@ -37,7 +38,7 @@ CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrDPOConfig)
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # a tokenized preference row
 
 
-class ZephyrDPOTrainer(PairLengthGrouping, ReliableTrainerMixin, ReferencePassHooks, PerExampleMetrics, DPOTrainer):
+class ZephyrDPOTrainer(PairLengthGrouping, ReliableTrainerMixin, ReferencePassHooks, WeightedMetrics, DPOTrainer):
     """TRL's DPOTrainer whose on-disk cache of precomputed reference log-probs survives unrelated changes, with
     clean stops, a non-finite guard, atomic checkpoints and exact resume (zephyr/stages/reliability.py).
 
@@ -51,6 +52,8 @@ class ZephyrDPOTrainer(PairLengthGrouping, ReliableTrainerMixin, ReferencePassHo
     """
 
     REFERENCE_STATS = "reference_logps.json"
+    metric_weights = DPO_WEIGHTS
+    eval_gathers_without_repeats = True
     PAIR_COLUMNS, PROMPT_COLUMN = ("chosen_ids", "rejected_ids"), "prompt_ids"
     reference_batches_computed = 0  # batches of the reference pass run by this process (not read from the cache)
     _layout: LayoutChoice | None = None

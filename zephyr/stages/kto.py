@@ -8,7 +8,7 @@ from __future__ import annotations
 from trl import KTOTrainer
 
 from zephyr.configs import DataArguments, ModelArguments
-from zephyr.hooks import KTOReferencePassHooks, fast_lm_head, trl_reference_hash
+from zephyr.hooks import KTO_WEIGHTS, KTOReferencePassHooks, WeightedMetrics, fast_lm_head, trl_reference_hash
 from zephyr.preference_configs import ZephyrKTOConfig
 from zephyr.stages.common import train_stage
 from zephyr.stages.preference import build_preference_trainer, load_reference
@@ -17,10 +17,14 @@ from zephyr.stages.reliability import ReliableTrainerMixin
 CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrKTOConfig)
 
 
-class ZephyrKTOTrainer(ReliableTrainerMixin, KTOReferencePassHooks, KTOTrainer):
+class ZephyrKTOTrainer(ReliableTrainerMixin, KTOReferencePassHooks, WeightedMetrics, KTOTrainer):
     """TRL's KTOTrainer with clean stops, a non-finite guard, atomic checkpoints and exact resume
     (zephyr/stages/reliability.py), its fused LM head fast on CPU (zephyr/hooks/lm_head.py), and its cache of
-    precomputed reference log-probs keyed with zephyr's fast weights hash instead of a SHA-256 of every weight."""
+    precomputed reference log-probs keyed with zephyr's fast weights hash instead of a SHA-256 of every weight; its
+    metrics are means over rows and tokens, not over batches (zephyr/hooks/metrics.py)."""
+
+    metric_weights = KTO_WEIGHTS
+    margin_from_sides = True
 
     def __init__(self, *args, **kwargs) -> None:
         with trl_reference_hash(trainer="kto_trainer"):

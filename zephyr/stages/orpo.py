@@ -5,6 +5,7 @@ times -log sigmoid(log odds(chosen) - log odds(rejected)), each answer's odds ta
 from __future__ import annotations
 
 from zephyr.configs import DataArguments, ModelArguments
+from zephyr.hooks import ORPO_WEIGHTS
 from zephyr.preference_configs import ZephyrORPOConfig
 from zephyr.stages.common import train_stage
 from zephyr.stages.preference import ReliablePairTrainer, build_preference_trainer
@@ -14,7 +15,10 @@ CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrORPOConfig)
 
 
 class ZephyrORPOTrainer(ReliablePairTrainer, ORPOTrainer):
-    """TRL's ORPOTrainer, made safe to stop and resume (ReliablePairTrainer)."""
+    """TRL's ORPOTrainer, made safe to stop and resume (ReliablePairTrainer), its metrics means over pairs and
+    tokens, not over batches (zephyr/hooks/metrics.py)."""
+
+    metric_weights = ORPO_WEIGHTS
 
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: ZephyrORPOConfig):

@@ -10,6 +10,7 @@ from datasets import Dataset
 from zephyr.configs import DataArguments, ModelArguments
 from zephyr.data.pipeline import DataReport
 from zephyr.data.schemas import Kind
+from zephyr.hooks import WeightedOddsMetrics
 from zephyr.modeling import load_model, load_tokenizer, lora_config
 from zephyr.stages.common import prepared_data
 from zephyr.stages.reliability import ReliableTrainerMixin, SeededLengthGroupedSampler, data_seed
@@ -70,7 +71,7 @@ class PairLengthGrouping:
         return super().train_sampler(train_dataset, default)
 
 
-class ReliablePairTrainer(PairLengthGrouping, ReliableTrainerMixin):
+class ReliablePairTrainer(PairLengthGrouping, ReliableTrainerMixin, WeightedOddsMetrics):
     """Put before TRL's experimental ORPO or CPO trainer: zephyr's clean stops, non-finite guard, atomic checkpoints
     and exact resume (zephyr/stages/reliability.py). Those trainers save a checkpoint their own way (a model card
     first, then transformers' save), which runs inside zephyr's staged save: checkpoints are still published whole.

@@ -10,6 +10,7 @@ from transformers import set_seed
 from trl import RewardTrainer
 
 from zephyr.configs import DataArguments, ModelArguments
+from zephyr.hooks import RM_EXTREMES, RM_WEIGHTS, WeightedMetrics
 from zephyr.preference_configs import ZephyrRewardConfig
 from zephyr.stages.common import train_stage
 from zephyr.stages.preference import PairLengthGrouping, build_preference_trainer
@@ -20,10 +21,13 @@ logger = logging.getLogger("zephyr")
 CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrRewardConfig)
 
 
-class ZephyrRewardTrainer(PairLengthGrouping, ReliableTrainerMixin, RewardTrainer):
+class ZephyrRewardTrainer(PairLengthGrouping, ReliableTrainerMixin, WeightedMetrics, RewardTrainer):
     """TRL's RewardTrainer with clean stops, a non-finite guard, atomic checkpoints and exact resume
-    (zephyr/stages/reliability.py)."""
+    (zephyr/stages/reliability.py); its metrics are means over pairs and rows, its min and max those of the whole
+    window (zephyr/hooks/metrics.py)."""
 
+    metric_weights = RM_WEIGHTS
+    metric_extremes = RM_EXTREMES
     PAIR_COLUMNS = ("chosen_ids", "rejected_ids")  # prompt included
 
 

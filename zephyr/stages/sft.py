@@ -7,7 +7,7 @@ from trl.chat_template_utils import get_training_chat_template, has_generation_m
 
 from zephyr.configs import DataArguments, ModelArguments, ZephyrSFTConfig
 from zephyr.data.pipeline import ChatTokenization
-from zephyr.hooks import fast_lm_head
+from zephyr.hooks import SFT_WEIGHTS, WeightedMetrics, fast_lm_head
 from zephyr.modeling import load_model, load_tokenizer, lora_config
 from zephyr.stages.common import prepared_data, train_stage
 from zephyr.stages.reliability import ReliableTrainerMixin
@@ -15,9 +15,12 @@ from zephyr.stages.reliability import ReliableTrainerMixin
 CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrSFTConfig)
 
 
-class ZephyrSFTTrainer(ReliableTrainerMixin, SFTTrainer):
+class ZephyrSFTTrainer(ReliableTrainerMixin, WeightedMetrics, SFTTrainer):
     """TRL's SFTTrainer with clean stops, a non-finite guard, atomic checkpoints and exact resume
-    (zephyr/stages/reliability.py), and its fused LM head fast on CPU (zephyr/hooks/lm_head.py)."""
+    (zephyr/stages/reliability.py), its fused LM head fast on CPU (zephyr/hooks/lm_head.py), and its entropy and
+    token accuracy logged per token, not per batch (zephyr/hooks/metrics.py)."""
+
+    metric_weights = SFT_WEIGHTS
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with fast_lm_head(self.args):

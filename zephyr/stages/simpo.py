@@ -6,6 +6,7 @@ hinge or ipo; cpo_alpha 1.0 adds CPO's NLL term on the chosen answers)."""
 from __future__ import annotations
 
 from zephyr.configs import DataArguments, ModelArguments
+from zephyr.hooks import CPO_WEIGHTS
 from zephyr.preference_configs import ZephyrSimPOConfig
 from zephyr.stages.common import train_stage
 from zephyr.stages.preference import ReliablePairTrainer, build_preference_trainer
@@ -15,7 +16,10 @@ CONFIG_CLASSES = (ModelArguments, DataArguments, ZephyrSimPOConfig)
 
 
 class ZephyrCPOTrainer(ReliablePairTrainer, CPOTrainer):
-    """TRL's CPOTrainer, made safe to stop and resume (ReliablePairTrainer)."""
+    """TRL's CPOTrainer, made safe to stop and resume (ReliablePairTrainer), its metrics means over pairs and
+    tokens, not over batches (zephyr/hooks/metrics.py)."""
+
+    metric_weights = CPO_WEIGHTS
 
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: ZephyrSimPOConfig):
