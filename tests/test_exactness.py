@@ -204,11 +204,57 @@ def test_the_refused_layouts_are_wrong_for_the_models_that_refuse_them():
     for arch, kinds in (("mistral-window", {"sliding_attention": None}),
                         ("gemma2", {"sliding_attention": None, "full_attention": None})):
         model = tiny_model(arch)
-        blind = AttentionMasks(kinds, arch == "gemma2", ARCHITECTURES[arch][2] == "eager")
+        blind = AttentionMasks(kinds, arch == "gemma2", "additive" if ARCHITECTURES[arch][2] == "eager" else "bool")
         assert error_of_forced(model, SharedPromptForward(model, PAD, blind), ids, mask, labels) > big, arch
     # gpt-oss builds its masks without the position ids: packed rows left to it leak across sequences
     gpt_oss = tiny_model("gpt-oss")
     assert error_of_forced(gpt_oss, PackedForward(gpt_oss, PAD, None), ids, mask, labels) > big
+
+
+@pytest.mark.parametrize("arch", ["mistral-window", "gemma3", "llama"])
+def test_flex_block_masks_hold_the_relation_of_the_sdpa_masks(arch):
+    """Flex attention runs backward on CUDA only (the GPU kit checks its forward), so here its masks are checked
+    for what they are: for the shared-prompt layout of a DPO batch, each layer type's BlockMask, read through its
+    mask function at every (row, query, key), is the boolean mask sdpa gets, window included; and the blocks it
+    marks as empty hold no allowed pair."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from zephyr.packing import model_masks, shared_prompt_layout
+
+    config = tiny_model(arch).config
+    flex, sdpa = (choose_layout(config, True, True, kernel) for kernel in ("flex_attention", "sdpa"))
+    assert flex.layout == "shared_prompt" and flex.fallbacks == [] and flex.masks.form == "block"
+    layout = shared_prompt_layout(*dpo_batch(), PAD)
+    want = model_masks(layout.attention_mask, layout.position_ids, sdpa.masks, torch.float32)
+    got = model_masks(layout.attention_mask, layout.position_ids, flex.masks, torch.float32)
+    want, got = (m if isinstance(m, dict) else {"all": m} for m in (want, got))
+    assert set(got) == set(want) == ({"sliding_attention", "full_attention"} if arch == "gemma3" else {"all"})
+    rows, _, width, _ = layout.attention_mask.shape
+    b, q, k = torch.meshgrid(torch.arange(rows), torch.arange(width), torch.arange(width), indexing="ij")
+    for kind, block in got.items():
+        assert isinstance(block, BlockMask)
+        assert torch.equal(block.mask_mod(b, torch.zeros_like(b), q, k), want[kind][:, 0]), kind
+    if arch != "llama":  # the window is in the relation: without it, some allowed pair would differ
+        assert not torch.equal(got[next(iter(got))].mask_mod(b, b, q, k), layout.attention_mask[:, 0])
+
+
+def test_flex_block_mask_skips_exactly_the_blocks_packing_leaves_empty():
+    """Rows of 3 packed sequences (600 tokens, 128-token blocks): the blocks the BlockMask runs are those holding
+    an allowed (query, key) pair, so the blocks below the diagonal between two sequences are skipped."""
+    from zephyr.packing import block_causal, flex_block_mask, plan_packing, segment_ids
+
+    plan = plan_packing([300, 170, 130, 260, 90], 600)
+    allowed = block_causal(segment_ids(plan, torch.device("cpu")))
+    block = flex_block_mask(allowed)
+    size = block.BLOCK_SIZE[0]
+    rows, width = allowed.shape[0], allowed.shape[-1]
+    pad = -width % size
+    dense = torch.nn.functional.pad(allowed[:, 0], (0, pad, 0, pad))
+    per_block = dense.view(rows, dense.shape[1] // size, size, dense.shape[2] // size, size).any(4).any(2)
+    ran = block.to_dense()[:, 0].bool()  # (rows, query blocks, key blocks)
+    assert torch.equal(ran, per_block)
+    causal_blocks = torch.ones(per_block.shape[1:], dtype=torch.bool).tril()
+    assert (ran.sum() < causal_blocks.sum() * rows)  # packing leaves work out that a causal mask would do
 
 
 def test_fallbacks_name_the_lever_the_model_type_and_the_reason():

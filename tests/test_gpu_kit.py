@@ -26,16 +26,28 @@ def test_smoke_runs_every_check_and_writes_the_report(tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     status = {c["name"]: c["status"] for c in report["checks"]}
     assert status == {"env": "ok", "matmul": "ok", "packed[sdpa]": "ok", "packed[eager]": "ok", "dpo-step0": "ok",
-                      "dpo-reference": "ok", "throughput": "ok", "generation": "ok", "qlora": "ok",
+                      "dpo-reference": "ok", "throughput": "ok", "generation": "ok", "qlora": "ok", "zero3": "ok",
                       "packed[flash_attention_2]": "skipped", "packed[flex_attention]": "skipped"}
     checks = {c["name"]: c for c in report["checks"]}
     assert abs(checks["dpo-step0"]["details"]["losses"][0] - 0.6931471805599453) < 1e-4
     assert checks["dpo-reference"]["details"]["changed_reference_tensors"] == []
     throughput = checks["throughput"]["details"]
     assert throughput["max_loss_diff"] <= 1e-4  # fp32: the same batches, the same losses
+    # every TRL side but Liger's (Triton kernels: CUDA only, said so) ran, as zephyr did, on the same batches
+    assert set(throughput["variants"]) == {"trl-handbook", "trl-precompute", "zephyr"}
+    assert set(throughput["skipped_variants"]) == {"trl-precompute-liger"}
+    assert set(throughput["loss_diffs"]) == {"trl-handbook", "trl-precompute"}
     for variant in throughput["variants"].values():
         assert variant["steps"] == 2 and variant["real_tokens"] > 0
+        assert variant["pairs_per_s"] == pytest.approx(throughput["pairs"] / variant["end_to_end_seconds"])
+        # the extrapolation: per-layer work times 32 layers plus the head, against this model's
+        seven_b = 32 * variant["params_per_layer"] + variant["head_params"]
+        assert variant["extrapolated_7b_pairs_per_s_per_gpu"] == pytest.approx(
+            variant["pairs_per_s"] * variant["non_embedding_params"] / seven_b)
+        assert 0 < variant["mfu"] < 1
     assert throughput["variants"]["zephyr"]["ref_batches"] == 2
+    zero3 = checks["zero3"]["details"]
+    assert len(zero3["losses"]["zero3"]) == 4 and zero3["max_loss_diff"] <= 1e-4  # fp32: ZeRO-3 changes no maths
     # the table is printed last and saved
     table = (out / "gpu_check.md").read_text()
     assert proc.stdout.rstrip().endswith(table.rstrip())
@@ -79,6 +91,7 @@ def test_carried_set_fits_the_limit_when_fetched():
     finally:
         sys.path.remove(str(KIT))
     assert wheels.LIMIT == 64 * 2**20
-    assert {module for _, module, _ in wheels.PACKAGES} >= {"trl", "datasets", "bitsandbytes"}
+    assert {module for _, module, _ in wheels.PACKAGES} >= {"trl", "datasets", "bitsandbytes", "liger_kernel"}
+    assert [module for _, module, _ in wheels.BUILT] == ["deepspeed"]
     if wheels.WHEELS.is_dir():
         assert wheels.folder_bytes(wheels.WHEELS) <= wheels.LIMIT

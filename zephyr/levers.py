@@ -8,8 +8,10 @@ attention under a mask zephyr controls. What breaks that, and what is done inste
 - a layer type zephyr has no mask for (chunked attention): padded batches;
 - sliding-window layers: the window is folded into each layer type's mask (a dict of masks for models that take
   one per layer type), so they stay exact at any length;
-- an attention kernel that takes no custom mask (FlashAttention, flex): the shared prompt falls back to plain
-  packing, which such kernels run from the position ids;
+- flex attention: zephyr hands it the same relation as a block mask (document boundaries, the shared prompt and
+  the window in one mask function), so both packed layouts run under it;
+- an attention kernel that takes no custom mask (FlashAttention): the shared prompt falls back to plain packing,
+  which such kernels run from the position ids;
 - a model whose own mask builder ignores the position ids (gpt-oss): nothing to do, since with sdpa and eager
   zephyr hands every packed layout its own masks;
 - the MoE load-balancing loss: counted over real tokens only, each shared prompt token twice (as the padded batch
@@ -24,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-MASKED_KERNELS = ("sdpa", "eager")  # attention kernels that take a custom 4D attention mask
+MASKED_KERNELS = ("sdpa", "eager", "flex_attention")  # kernels that take a custom mask (flex: a BlockMask)
 ATTENTION_TYPES = ("full_attention", "sliding_attention")  # layer types zephyr builds masks for
 PER_TOKEN_TYPES = ("mlp", "moe")  # layers without token mixing (Nemotron-H lists them as layer types)
 # config keys that mark recurrent or convolutional token mixing in models that list no layer types
@@ -37,7 +39,7 @@ class AttentionMasks:
 
     windows: dict[str, int | None]  # layer type -> sliding window (None: full attention)
     per_layer_type: bool  # the model takes {layer type: mask} (its config lists `layer_types`)
-    additive: bool  # eager attention adds the mask to the scores: 0 or the dtype's minimum
+    form: Literal["bool", "additive", "block"]  # sdpa: True may attend; eager: added to the scores; flex: BlockMask
 
 
 @dataclass
@@ -88,5 +90,6 @@ def choose_layout(config: Any, packed_forward: bool, share_prompt: bool, kernel:
     window = getattr(text, "sliding_window", None)
     windows = {kind: (window if kind == "sliding_attention" else None) for kind in dict.fromkeys(types)
                if kind in ATTENTION_TYPES}
-    masks = AttentionMasks(windows, bool(getattr(text, "layer_types", None)), kernel == "eager")
+    form = {"eager": "additive", "flex_attention": "block"}.get(kernel, "bool")
+    masks = AttentionMasks(windows, bool(getattr(text, "layer_types", None)), form)
     return LayoutChoice("shared_prompt" if share_prompt else "packed", masks)

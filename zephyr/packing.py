@@ -93,15 +93,32 @@ def model_masks(allowed: torch.Tensor, positions: torch.Tensor, masks: Attention
                 dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
     """The attention mask(s) to hand the model for a packed layout: `allowed` (rows, 1, W, W) narrowed, for each
     sliding-window layer type, to the keys less than the window behind the query by position (as transformers'
-    window reads it: q - k < window), and made additive for eager attention."""
+    window reads it: q - k < window), made additive for eager attention and a block mask for flex attention."""
     distance = positions[:, None, :, None] - positions[:, None, None, :]
     out = {}
     for kind, window in masks.windows.items():
         mask = allowed if window is None else allowed & (distance < window)
-        if masks.additive:
+        if masks.form == "additive":
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        elif masks.form == "block":
+            mask = flex_block_mask(mask)
         out[kind] = mask
     return out if masks.per_layer_type else next(iter(out.values()))
+
+
+def flex_block_mask(allowed: torch.Tensor) -> Any:
+    """`allowed` (rows, 1, W, W) as flex attention's BlockMask: its mask function reads the relation built above
+    (document boundaries, the shared prompt, the window), and the blocks it leaves empty are skipped, which is
+    where packing saves flex its work."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dense = allowed[:, 0]
+
+    def mask_mod(b, h, q, k):
+        return dense[b, q, k]
+
+    rows, width = dense.shape[0], dense.shape[1]
+    return create_block_mask(mask_mod, rows, None, width, width, device=dense.device)
 
 
 def _param_dtype(model: Any) -> torch.dtype:

@@ -14,7 +14,10 @@ printed last. Checks:
                        padded one, per attention kernel
   dpo-step0            zephyr's dDPO defaults: step-0 loss = ln 2, a few steps on one batch lower the loss
   dpo-reference        with a reference copy: the reference weights are bitwise unchanged after training
-  throughput           dDPO of TRL the handbook's way vs zephyr's defaults on a ~1B model, whole processes
+  throughput           dDPO on a slice of a 7B (Mistral-7B's layer shape, 8 layers): TRL the handbook's way, TRL
+                       with a precomputed reference, the same with Liger's kernels, and zephyr's defaults, each a
+                       whole process on the same batches: pairs/s, tokens/s, MFU, peak memory, losses
+  zero3                zephyr's dDPO under DeepSpeed ZeRO-3 (accelerate launch, one process) against the plain run
   generation           the AIF transformers backend's completions/s
   qlora                4-bit NF4 + LoRA dDPO steps (bitsandbytes)
 """
@@ -43,7 +46,7 @@ LN2 = math.log(2)
 class Scale:
     """Sizes of one run of the kit. `big` is the throughput/generation model, `small` the correctness one."""
 
-    big: tuple[int, int, int, int, int]  # hidden, layers, heads, kv heads, intermediate
+    big: tuple[int, int, int, int, int]  # hidden, layers, heads, kv heads, intermediate (throughput, generation)
     small: tuple[int, int, int, int, int]
     pairs: int  # preference pairs of the throughput run (one epoch)
     batch: int
@@ -56,7 +59,12 @@ class Scale:
     budget_s: float  # checks that would start after this many seconds are skipped
 
 
-GPU = Scale(big=(2048, 20, 32, 8, 5632), small=(768, 8, 12, 4, 2048), pairs=512, batch=8, max_length=1024,
+# The throughput model is Mistral-7B's layer shape (hidden 4096, 32 heads, 8 KV heads, MLP 14336, 32k vocabulary)
+# with 8 of its 32 layers: 1.75B parameters, which TRL's handbook way (policy, reference copy, AdamW states, bf16)
+# fits on one 80 GB GPU at batch 8 and max_length 1024 without gradient checkpointing. Per-layer throughput is what
+# carries over to the 32-layer model; the report extrapolates it (`SEVEN_B_LAYERS`).
+SEVEN_B_LAYERS = 32
+GPU = Scale(big=(4096, 8, 32, 8, 14336), small=(768, 8, 12, 4, 2048), pairs=512, batch=8, max_length=1024,
             max_words=300, gen_requests=256, gen_tokens=128, gen_batch=64, matmul_n=8192, budget_s=420)
 SMOKE = Scale(big=(64, 2, 4, 2, 192), small=(64, 2, 4, 2, 192), pairs=16, batch=8, max_length=128, max_words=20,
               gen_requests=16, gen_tokens=8, gen_batch=8, matmul_n=256, budget_s=300)
@@ -267,7 +275,7 @@ def packed_check(kit: Kit, attn: str) -> Result:
         return ((a - b).abs() * scored).sum(1) / n
 
     diff, pad_err, pack_err = per_seq(packed, padded), per_seq(padded, truth), per_seq(packed, truth)
-    # each pair's prompt once (share_prompt): only sdpa and eager take its mask; other kernels run plain packing
+    # each pair's prompt once (share_prompt): sdpa, eager and flex take its mask; FlashAttention runs plain packing
     shares = both.layout == "shared_prompt" and shared_prompt_layout(ids, mask, labels, tokenizer.pad_token_id) is not None
     shared_diff = float(per_seq(shared, padded).max())
     roundoff = torch.finfo(kit.dtype).eps / 2
@@ -279,7 +287,7 @@ def packed_check(kit: Kit, attn: str) -> Result:
                "max_abs_diff_sequence_sum": sum_diff, "sequences": int(ids.shape[0]), "width": int(ids.shape[1]),
                "real_tokens": int(mask.sum()), "mean_abs_logp": mean_abs,
                "shared_prompt": shares, "shared_max_mean_abs_diff_per_token": shared_diff}
-    ok = float(diff.max()) <= tolerance and shared_diff <= tolerance and shares == (attn in ("sdpa", "eager"))
+    ok = float(diff.max()) <= tolerance and shared_diff <= tolerance and shares == (attn in ("sdpa", "eager", "flex_attention"))
     summary = (f"max per-token |packed-padded| {float(diff.max()):.2e} <= {tolerance:.2e}" if ok else
                f"packed differs from padded: {float(diff.max()):.2e} > tolerance {tolerance:.2e}")
     summary += f" (padded vs exact {float(pad_err.max()):.2e}, packed vs exact {float(pack_err.max()):.2e})"
@@ -372,7 +380,21 @@ def check_dpo_reference(kit: Kit) -> Result:
                   details={"changed_reference_tensors": changed_ref, "policy_tensors_moved": moved, "losses": got})
 
 
-THROUGHPUT_VARIANTS = ("trl-handbook", "zephyr")
+# TRL as its users run it: the handbook's way (a reference copy run at every step), with the reference's log-probs
+# precomputed, and the same with Liger's kernels (in TRL 1.16 Liger's RMSNorm, RoPE and SwiGLU kernels: TRL's own
+# fused LM head computes the log-probs, so Liger's fused linear loss is not used there).
+TRL_VARIANTS = {"trl-handbook": {}, "trl-precompute": {"precompute_ref_log_probs": True},
+                "trl-precompute-liger": {"precompute_ref_log_probs": True, "use_liger_kernel": True}}
+THROUGHPUT_VARIANTS = (*TRL_VARIANTS, "zephyr")
+
+
+def variant_unavailable(kit: Kit, variant: str) -> str | None:
+    if TRL_VARIANTS.get(variant, {}).get("use_liger_kernel"):
+        if not kit.cuda:
+            return "Liger's kernels are Triton kernels: CUDA only"
+        if missing("liger_kernel"):
+            return "liger-kernel is not installed"
+    return None
 
 
 @check("throughput")
@@ -380,11 +402,18 @@ def check_throughput(kit: Kit) -> Result:
     """One epoch of dDPO over the same pairs in the same order, each variant a whole process of its own (so its
     time and peak memory are its own): data preparation, model loading, reference pass and training all count."""
     model, data = kit.model_dir("big"), kit.data("prefs", kit.scale.pairs)
-    results = {}
+    results, skipped = {}, {}
     for variant in THROUGHPUT_VARIANTS:
+        why = variant_unavailable(kit, variant)
+        if why:
+            skipped[variant] = why
+            continue
         cmd = [sys.executable, __file__, "--variant", variant, "--model", str(model), "--data", str(data),
                "--out", str(kit.out)] + (["--smoke"] if kit.smoke else [])
-        env = {**os.environ, "ZEPHYR_CACHE": str(kit.work / "cache"), "TQDM_DISABLE": "1"}
+        # each side cold, with caches of its own: no side reuses another's reference log-probs
+        cache = kit.work / "throughput-cache" / variant
+        env = {**os.environ, "ZEPHYR_CACHE": str(cache), "HF_DATASETS_CACHE": str(cache / "datasets"),
+               "TQDM_DISABLE": "1"}
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=kit.scale.budget_s)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -393,27 +422,39 @@ def check_throughput(kit: Kit) -> Result:
             return Result("throughput", "fail", f"{variant} exited {proc.returncode}: {tail.splitlines()[-1:]}",
                           details={"variant": variant, "log_tail": tail})
         results[variant] = json.loads(line[7:]) | {"process_seconds": time.perf_counter() - start}
-    base, ours = results["trl-handbook"], results["zephyr"]
-    n, tokens = base["non_embedding_params"], base["real_tokens"]
+    ours = results["zephyr"]
+    n, tokens = ours["non_embedding_params"], ours["real_tokens"]
     model_flops = 8 * n * tokens  # 6NT policy forward+backward, 2NT reference forward; attention scores left out
     for r in results.values():
+        r["pairs_per_s"] = kit.scale.pairs / r["end_to_end_seconds"]
         r["tokens_per_s"] = r["real_tokens"] / r["end_to_end_seconds"]
         r["train_tokens_per_s"] = r["real_tokens"] / r["train_seconds"]
         if kit.peak_flops:
             r["mfu"] = model_flops / r["end_to_end_seconds"] / kit.peak_flops
-    worst = max(abs(a - b) for a, b in zip(base["losses"], ours["losses"], strict=True))
+        # the full model: the same per-layer work times 32 layers, plus the LM head, on each GPU of a data-parallel
+        # run (ZeRO-3's gathers across GPUs are not in this figure)
+        seven_b = SEVEN_B_LAYERS * r["params_per_layer"] + r["head_params"]
+        r["extrapolated_7b_pairs_per_s_per_gpu"] = r["pairs_per_s"] * n / seven_b
+    trl = {k: v for k, v in results.items() if k in TRL_VARIANTS}
+    fastest = min(trl, key=lambda k: trl[k]["end_to_end_seconds"])
+    diffs = {k: max(abs(a - b) for a, b in zip(v["losses"], ours["losses"], strict=True)) for k, v in trl.items()}
+    worst = max(diffs.values())
     # bf16: per-sequence log-prob sums differ by rounding between the packed and padded paths (~1 nat, see
     # dpo-step0); with the handbook's beta 0.01 that moves the loss by at most ~0.0025. fp32 (smoke): 1e-4.
     loss_tolerance = 0.0025 if kit.cuda else 1e-4
-    speedup = base["end_to_end_seconds"] / ours["end_to_end_seconds"]
-    ok = worst <= loss_tolerance and len(base["losses"]) == len(ours["losses"])
+    speedup = trl[fastest]["end_to_end_seconds"] / ours["end_to_end_seconds"]
+    ok = worst <= loss_tolerance and all(len(v["losses"]) == len(ours["losses"]) for v in trl.values())
     mfu = "".join(f", MFU {r['mfu']:.1%}" for r in [ours] if "mfu" in r)
-    summary = (f"{speedup:.2f}x end to end ({base['end_to_end_seconds']:.1f} s -> {ours['end_to_end_seconds']:.1f} s, "
-               f"{ours['tokens_per_s']:.0f} real tok/s{mfu}); peak memory {base['peak_memory_gib']:.1f} -> "
-               f"{ours['peak_memory_gib']:.1f} GiB; max |loss diff| {worst:.1e} (tol {loss_tolerance})")
+    summary = (f"{speedup:.2f}x the fastest TRL side ({fastest}: {trl[fastest]['end_to_end_seconds']:.1f} s -> "
+               f"{ours['end_to_end_seconds']:.1f} s; {ours['pairs_per_s']:.2f} pairs/s, {ours['tokens_per_s']:.0f} "
+               f"real tok/s{mfu}; full 7B ~{ours['extrapolated_7b_pairs_per_s_per_gpu']:.2f} pairs/s per GPU); peak "
+               f"memory {trl[fastest]['peak_memory_gib']:.1f} -> {ours['peak_memory_gib']:.1f} GiB; max |loss diff| "
+               f"{worst:.1e} (tol {loss_tolerance})")
     return Result("throughput", "ok" if ok else "fail", summary,
-                  details={"variants": results, "speedup_end_to_end": speedup, "max_loss_diff": worst,
-                           "loss_tolerance": loss_tolerance, "model_flops": model_flops, "pairs": kit.scale.pairs})
+                  details={"variants": results, "skipped_variants": skipped, "fastest_trl": fastest,
+                           "speedup_end_to_end": speedup, "max_loss_diff": worst, "loss_diffs": diffs,
+                           "loss_tolerance": loss_tolerance, "model_flops": model_flops, "pairs": kit.scale.pairs,
+                           "real_tokens_per_pair": tokens / kit.scale.pairs})
 
 
 def timed(owner, name: str, cuda: bool) -> list[float]:
@@ -459,15 +500,17 @@ def run_variant(variant: str, model: Path, data: Path, smoke: bool) -> dict:
               "bf16": cuda, "use_cpu": not cuda, "disable_tqdm": True, "dataloader_num_workers": 0}
     model_args = ModelArguments(model_name_or_path=str(model), dtype=dtype)
     data_args = DataArguments(dataset_name=str(data), long_rows="truncate", dataset_test_split=None)
-    if variant == "trl-handbook":  # TRL's DPOTrainer with a reference copy run at every step, padded batches
+    if variant in TRL_VARIANTS:  # TRL's DPOTrainer on padded batches, as its users set it up
         from transformers import AutoModelForCausalLM
         from trl import DPOConfig, DPOTrainer
 
         tokenizer = load_tokenizer(model_args)
         train, _, _ = prepare_datasets(data_args, "preference", tokenizer, scale.max_length)
         load = {"dtype": getattr(torch, dtype)}
-        trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(model, **load), args=DPOConfig(**common),
-                             ref_model=AutoModelForCausalLM.from_pretrained(model, **load), train_dataset=train,
+        settings = TRL_VARIANTS[variant]
+        ref = None if settings.get("precompute_ref_log_probs") else AutoModelForCausalLM.from_pretrained(model, **load)
+        trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(model, **load),
+                             args=DPOConfig(**common, **settings), ref_model=ref, train_dataset=train,
                              processing_class=tokenizer)
     else:
         from zephyr.configs import ZephyrDPOConfig
@@ -488,10 +531,12 @@ def run_variant(variant: str, model: Path, data: Path, smoke: bool) -> dict:
     end = time.perf_counter()
     net = trainer.model
     n = sum(p.numel() for name, p in net.named_parameters() if "embed_tokens" not in name)
+    head = net.get_output_embeddings().weight.numel()
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = {"variant": variant, "setup_seconds": built - start, "train_seconds": end - built,
               "end_to_end_seconds": end - start, "real_tokens": sum(tokens), "steps": len(tokens),
               "losses": losses(trainer), "peak_memory_gib": peak / 2**30, "non_embedding_params": n,
+              "head_params": head, "params_per_layer": (n - head) / net.config.num_hidden_layers,
               "memory_kind": "max_memory_allocated" if cuda else "peak RSS"}
     if variant == "zephyr":
         result |= breakdown
@@ -568,6 +613,53 @@ def check_qlora(kit: Kit) -> Result:
                   f"{quantized} 4-bit linear layers; step 0 {got[0]:.5f}, after {len(got)} steps {got[-1]:.4f}"
                   + (f"; peak {peak:.2f} GiB" if peak else ""),
                   details={"losses": got, "quantized_modules": quantized, "peak_memory_gib": peak})
+
+
+@check("zero3")
+def check_zero3(kit: Kit) -> Result:
+    """zephyr's dDPO under DeepSpeed ZeRO-3 (the shipped accelerate config, one process) against the same run
+    without it, both launched as users launch them, 4 steps on the small model. Tolerance as for dpo-step0: both
+    start from the same fp32 weights, and ZeRO-3's bf16 compute and the plain run's bf16 autocast round
+    differently, by well under 1 nat per sequence sum, which moves the loss by at most beta / 4 per nat: 0.025
+    at beta 0.1 (bf16); fp32 on CPU: 1e-4."""
+    if missing("deepspeed"):
+        return Result("zero3", "skipped", "deepspeed is not installed (`python benchmarks/gpu/wheels.py fetch` "
+                      "builds its wheel)")
+    import socket
+
+    data = kit.data("zero3", 4 * kit.scale.batch, seed=3)
+    common = [f"model_name_or_path={kit.model_dir('small')}", "dtype=float32", f"dataset_name={data}",
+              "dataset_test_split=null", "long_rows=truncate", f"max_length={kit.scale.max_length}",
+              f"per_device_train_batch_size={kit.scale.batch}", "max_steps=4", "learning_rate=5e-5", "beta=0.1",
+              "lr_scheduler_type=constant", "warmup_steps=0", "logging_steps=1", "save_strategy=no",
+              "eval_strategy=no", "report_to=none", "seed=0", "gradient_checkpointing=false",
+              f"bf16={str(kit.cuda).lower()}", "resume=false"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launches = {
+        "plain": [sys.executable, "-m", "zephyr.cli", "dpo"],
+        "zero3": [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  str(ROOT / "accelerate_configs" / "zero3.yaml"), "--num_processes", "1", "--mixed_precision",
+                  "bf16" if kit.cuda else "no", "--main_process_port", str(port), "-m", "zephyr.cli", "dpo"],
+    }
+    got = {}
+    for name, cmd in launches.items():
+        out = kit.work / f"zero3-{name}"
+        proc = subprocess.run([*cmd, *common, f"output_dir={out}"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=kit.scale.budget_s, env={**os.environ, "TQDM_DISABLE": "1"})
+        if proc.returncode != 0:
+            tail = (proc.stdout[-1500:] + proc.stderr[-3000:]).strip()
+            return Result("zero3", "fail", f"{name} exited {proc.returncode}: {tail.splitlines()[-1:]}",
+                          details={"log_tail": tail})
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        got[name] = [h["loss"] for h in history if "loss" in h]
+    tolerance = 0.025 if kit.cuda else 1e-4
+    worst = max(abs(a - b) for a, b in zip(got["plain"], got["zero3"], strict=True))
+    ok = len(got["plain"]) == len(got["zero3"]) == 4 and worst <= tolerance
+    return Result("zero3", "ok" if ok else "fail", f"4 steps, max |loss diff| against the plain run {worst:.1e} "
+                  f"(tol {tolerance}); losses {got['zero3'][0]:.4f} -> {got['zero3'][-1]:.4f}",
+                  details={"losses": got, "max_loss_diff": worst, "tolerance": tolerance})
 
 
 @check("packed[flash_attention_2]")

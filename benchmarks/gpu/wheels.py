@@ -9,8 +9,11 @@ travel per call. So: wheels for Python 3.12 / manylinux x86_64, chosen to fit wh
 - datasets 4.8 rather than our 5.2: transformers 5.17 wants huggingface-hub < 2, which datasets 4.8 accepts
   whatever 1.x is there (5.2 needs >= 1.31);
 - a wheel is installed there only when its module is missing, so nothing the image ships is shadowed;
-- flash-attn and deepspeed have no wheels on PyPI (source only, compiled against a CUDA toolkit) and vLLM's is
-  ~336 MB: they cannot travel, and the check kit says so in its table.
+- deepspeed has no wheel on PyPI, but its source builds a pure-Python wheel with every op left to compile just
+  in time (DS_BUILD_OPS=0): `fetch` builds it here, and it travels with its small dependencies;
+- liger-kernel is a pure-Python wheel (Triton kernels): the kit's TRL-with-Liger side;
+- flash-attn has no wheel on PyPI (source only, compiled against a CUDA toolkit) and vLLM's is ~336 MB: they
+  cannot travel, and the check kit says so in its table.
 The Mistral-7B tokenizer (3.5 MB, from the mistral-common package) travels in the same folder.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,11 +45,22 @@ PACKAGES = [
     ("charset-normalizer==3.5.3", "charset_normalizer", "requests"),
     ("certifi==2026.10.19.post1", "certifi", "requests"),
     ("peft==0.21.2", "peft", "LoRA (only if the image lacks it)"),
+    ("liger-kernel==0.8.5", "liger_kernel", "the throughput check's TRL side with Liger's kernels"),
+    ("hjson==3.1.0", "hjson", "deepspeed"),
+    ("ninja==1.13.2", "ninja", "deepspeed (its just-in-time ops)"),
+    ("py-cpuinfo==9.0.0", "cpuinfo", "deepspeed"),
+    ("msgpack==1.2.4", "msgpack", "deepspeed"),
+    ("einops==0.8.2", "einops", "deepspeed"),
+    ("pydantic==2.14.4", "pydantic", "deepspeed's config"),
+    ("pydantic-core==2.50.5", "pydantic_core", "pydantic"),
+    ("annotated-types==0.8.0", "annotated_types", "pydantic"),
+    ("typing-inspection==0.4.5", "typing_inspection", "pydantic"),
     ("bitsandbytes==0.50.2", "bitsandbytes", "the QLoRA check (4-bit NF4); the largest wheel, dropped first"),
 ]
+# built here from its source distribution, pure Python (requirement, module, why)
+BUILT = [("deepspeed==0.19.8", "deepspeed", "the zero3 check: ZeRO-3 dDPO on one GPU")]
 CANNOT_TRAVEL = {
     "flash-attn": "no wheel on PyPI (source only, compiled against the local CUDA toolkit)",
-    "deepspeed": "source only on PyPI; its ops compile against CUDA (not needed by the kit)",
     "vllm": "its wheel is ~336 MB, over the 64 MiB a call may carry; it also pins its own torch",
 }
 
@@ -62,6 +77,12 @@ def fetch(python: str) -> int:
                "--python-version", python, "--implementation", "cp", *platforms, "--dest", str(WHEELS), requirement]
         if subprocess.run(cmd).returncode != 0:
             print(f"cannot download {requirement}", file=sys.stderr)
+            return 1
+    for requirement, _, _ in BUILT:  # its ops compile just in time on the node: the wheel is pure Python
+        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+               "--no-binary", requirement.split("==")[0], "--wheel-dir", str(WHEELS), requirement]
+        if subprocess.run(cmd, env={**os.environ, "DS_BUILD_OPS": "0"}).returncode != 0:
+            print(f"cannot build {requirement}", file=sys.stderr)
             return 1
     sys.path.insert(0, str(HERE.parent))
     import synthetic
@@ -83,7 +104,8 @@ def fetch(python: str) -> int:
 
 def install(target: Path) -> int:
     """Install each carried wheel whose module this Python cannot import; report what was done."""
-    modules = {requirement.split("==")[0].replace("-", "_").lower(): module for requirement, module, _ in PACKAGES}
+    modules = {requirement.split("==")[0].replace("-", "_").lower(): module
+               for requirement, module, _ in PACKAGES + BUILT}
     wanted = []
     for wheel in sorted(WHEELS.glob("*.whl")):
         dist = wheel.name.split("-")[0].lower()
