@@ -1,5 +1,5 @@
 """AIF store keys are structured (JSON lists): a prompt id may contain any character, "|" included, and keeps every
-judgment; stores written with the older "|"-joined keys are upgraded as they are read, nothing is redone."""
+judgment."""
 
 from __future__ import annotations
 
@@ -47,11 +47,6 @@ def pairs(out: Path) -> dict[str, dict]:
     return {r["prompt_id"]: r for r in rows}
 
 
-def legacy_key(key: str) -> str:
-    """The same key as an older zephyr wrote it."""
-    return "|".join(str(part) for part in keys.key_parts(key))
-
-
 def test_prompt_ids_with_a_separator_keep_every_judgment_and_make_pairs(tiny_dir, tmp_path):
     summary = aif.main([str(write_recipe(tmp_path, tiny_dir))])
     out = tmp_path / "aif"
@@ -65,38 +60,12 @@ def test_prompt_ids_with_a_separator_keep_every_judgment_and_make_pairs(tiny_dir
     assert all(r["score_chosen"] > r["score_rejected"] for r in made.values())
 
 
-def test_stores_with_the_old_keys_are_upgraded_and_nothing_is_redone(tiny_dir, tmp_path):
-    recipe = write_recipe(tmp_path, tiny_dir)
-    aif.main([str(recipe)])
-    out = tmp_path / "aif"
-    before = pairs(out)
-    # rewrite both stores as an older zephyr wrote them: "|"-joined keys, judgments keyed by those
-    completions = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
-    (out / "completions.jsonl").write_text("".join(
-        json.dumps({**r, "key": legacy_key(r["key"])}) + "\n" for r in completions))
-    judgments = [json.loads(x) for x in (out / "judgments.jsonl").read_text().splitlines()]
-    old = []
-    for r in judgments:
-        prompt_id, judge_hash, _ = keys.key_parts(r["key"])
-        old_completions = {legacy_key(k): v for k, v in r["completions"].items()}
-        old.append({**r, "key": f"{prompt_id}|{judge_hash}|digest-of-the-old-keys",
-                    "completions": old_completions})
-    (out / "judgments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
-    summary = aif.main([str(recipe)])
-    assert (summary.completions_new, summary.judged_new, summary.judged_prompts) == (0, 0, 6)
-    assert pairs(out) == before
-
-
-def test_keys_round_trip_and_old_ones_are_read_or_refused():
+def test_keys_round_trip_and_other_text_is_refused():
     key = keys.completion_key("a|b", "gen|1", 3, "h")
     assert keys.key_parts(key) == ["a|b", "gen|1", 3, "h"]
-    assert keys.sample_seed_text(key) == "a|b|gen|1|3"  # the seed text of older versions: same samples
+    assert keys.sample_seed_text(key) == "a|b|gen|1|3"
     judged = keys.judgment_key("a|b", "judge", [key])
     assert keys.judge_of(judged) == "judge"
-    upgraded = keys.upgrade_completion({"key": "a|b|gen|1|3|h", "prompt_id": "a|b"})
-    assert upgraded["key"] == key
-    old = {"key": "a|b|judge|0123", "prompt_id": "a|b", "completions": {"a|b|gen|1|3|h": {"reward": 1.0}}}
-    assert keys.upgrade_judgment(old) == {"key": judged, "prompt_id": "a|b", "completions": {key: {"reward": 1.0}}}
-    assert keys.upgrade_completion({"key": key, "prompt_id": "a|b"})["key"] == key  # already new: kept
-    with pytest.raises(StoreError, match="delete the store"):
-        keys.upgrade_completion({"key": "other|gen|0|h", "prompt_id": "a|b"})
+    for text in ("a|b|gen|1|3|h", '{"a": 1}'):
+        with pytest.raises(StoreError, match="not an AIF store key"):
+            keys.key_parts(text)

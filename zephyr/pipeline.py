@@ -147,22 +147,22 @@ def load_pipeline(path: str | Path, root: str | None = None, seed: int | None = 
             "launch": launch, "rounds": repeat}
 
 
-def stage_hash(stage: dict[str, Any], legacy: bool = False) -> str:
+def stage_hash(stage: dict[str, Any]) -> str:
     """The hash of a stage's recipe and overrides, with the root left as `${root}`: a finished run moved or copied
-    to another folder is still finished. `legacy`: the hash of zephyr 0.1 (root written out), still accepted."""
+    to another folder is still finished."""
     recipe_text = Path(stage["recipe"]).read_text() if "recipe" in stage else ""
-    overrides = stage.get("overrides") if legacy else stage.get("identity", stage.get("overrides"))
+    overrides = stage.get("identity", stage.get("overrides"))
     blob = json.dumps({"recipe": recipe_text, "overrides": overrides}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def finished_at(folder: Path, *digests: str) -> float | None:
-    """When the stage in `folder` finished with one of these recipe hashes, or None if it has not."""
+def finished_at(folder: Path, digest: str) -> float | None:
+    """When the stage in `folder` finished with this recipe hash, or None if it has not."""
     marker = folder / MARKER
     if not marker.is_file():
         return None
     data = json.loads(marker.read_text())
-    return data.get("finished_at") if data.get("hash") in digests else None
+    return data.get("finished_at") if data.get("hash") == digest else None
 
 
 def mark_done(folder: Path, name: str, digest: str, seconds: float) -> None:
@@ -180,7 +180,6 @@ class Step:
     commands: list[list[str] | Parallel]  # run in order; a Parallel runs its processes side by side
     output: Path
     digest: str
-    legacy_digest: str  # the hash zephyr 0.1 wrote: a run it finished is not redone
     lines: list[str] = field(default_factory=list)  # what it will do (for --dry-run)
     env: dict[str, str] = field(default_factory=dict)  # environment additions (secrets travel here, not in argv)
     kind: str = ""  # the stage it runs (a later round's dpo_r2 runs dpo); default: its name
@@ -223,7 +222,7 @@ def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | 
         tiny = {"overrides": {"out": str(root), **spec["tiny_model"]}, "identity": {"out": "${root}",
                                                                                     **spec["tiny_model"]}}
         steps.append(Step("tiny_model", [stage_command("tiny-model", ["--output-dir", str(root), *flags], None)],
-                          root, stage_hash(tiny), stage_hash(tiny, legacy=True),
+                          root, stage_hash(tiny),
                           [f"embedded default (model/ and data/) in {root}"]))
         produced.append(root)
     for name in spec["order"]:
@@ -256,7 +255,7 @@ def plan_steps(spec: dict[str, Any], forced: set[str], launch: LaunchSettings | 
             if workers > 1:
                 commands = shard_workers(kind, argv, workers, devices, tp)
                 lines.insert(0, f"workers: {workers} side by side ({tp} GPU(s) each), one shard each, then merged")
-        steps.append(Step(name, commands, output, stage_hash(stage), stage_hash(stage, legacy=True), lines, env,
+        steps.append(Step(name, commands, output, stage_hash(stage), lines, env,
                           kind))
         produced.append(output)
     return steps
@@ -292,7 +291,7 @@ def run_steps(steps: list[Step], forced: set[str], only: str | None,
     inputs_time = 0.0  # when the newest earlier stage finished: a stage older than its inputs is stale
     report = []
     for step in steps:
-        done = finished_at(step.output, step.digest, step.legacy_digest)
+        done = finished_at(step.output, step.digest)
         if only and step.name != only:
             inputs_time = max(inputs_time, done or 0.0)
             report.append((step, "not in this run (--only)"))

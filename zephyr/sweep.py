@@ -506,8 +506,6 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     parser.add_argument("sweep", help="sweep YAML")
     parser.add_argument("--export-best", metavar="FILE", help="write the best trial's full recipe and exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
     (cfg,) = build_configs(read_yaml(args.sweep), (SweepConfig,), source=args.sweep)
     if args.export_best:
         print(f"best recipe written to {export_best(cfg, Path(args.export_best))}")

@@ -148,8 +148,8 @@ class AIFRun:
         self.out = Path(cfg.output_dir)
         self.shard = parse_shard(cfg.shard)
         suffix = f".shard-{self.shard[0]}-of-{self.shard[1]}" if self.shard[1] > 1 else ""
-        self.completions = RecordStore(self.out / f"completions{suffix}.jsonl", upgrade=keys.upgrade_completion)
-        self.judgments = RecordStore(self.out / f"judgments{suffix}.jsonl", upgrade=keys.upgrade_judgment)
+        self.completions = RecordStore(self.out / f"completions{suffix}.jsonl")
+        self.judgments = RecordStore(self.out / f"judgments{suffix}.jsonl")
         self.failures_path = self.out / f"failures{suffix}.jsonl"
         self.summary = Summary()
 
@@ -277,8 +277,8 @@ class AIFRun:
 def collect(cfg: AIFConfig, prompts: list[Prompt], out: Path) -> list[tuple[Prompt, list[dict[str, Any]]]]:
     """Every prompt with its completions and (if judged with the current judge) their judgments, from all
     shards' stores."""
-    completions = read_stores(out.glob("completions*.jsonl"), upgrade=keys.upgrade_completion)
-    judgments = read_stores(out.glob("judgments*.jsonl"), upgrade=keys.upgrade_judgment)
+    completions = read_stores(out.glob("completions*.jsonl"))
+    judgments = read_stores(out.glob("judgments*.jsonl"))
     judge_hash = cfg.judge.settings_hash()
     by_prompt: dict[str, dict[str, Any]] = {}
     for record in judgments.values():

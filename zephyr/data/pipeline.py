@@ -234,12 +234,6 @@ def unpair(ds: Dataset, seed: int) -> Dataset:
     return rows.shuffle(seed=seed)
 
 
-def load_split_sets(args: DataArguments, kind: Kind, report: DataReport,
-                    num_proc: int | None = None) -> tuple[Dataset, Dataset | None]:
-    loaded, seed, test_size = load_sources(args, report)
-    return split_sets(args, kind, report, loaded, seed, test_size, num_proc)
-
-
 def check_test_split_size(test_size: float, rows: int) -> None:
     """Both sides of the hold-out must keep a row (datasets takes ceil(fraction x rows) for eval)."""
     held_out = math.ceil(test_size * rows) if test_size < 1 else int(test_size)

@@ -53,10 +53,6 @@ def all_tasks() -> list[Task]:
     return tasks
 
 
-def make_task(rng: random.Random) -> Task:
-    return rng.choice(all_tasks())
-
-
 def systematic_error(task: Task) -> str:
     """The teacher's habitual mistake on this task."""
     if task.kind == "add":

@@ -2,8 +2,7 @@
 
 Each record is written as one line, flushed and fsync'ed before the call returns, so everything reported
 done is on disk. A crash can leave only the *last* line incomplete: on open it is cut off (and redone),
-never glued to the next record. Records carry a `key`; the first record of a key wins. A store written by an
-older version can be read through `upgrade`, which rewrites each record as it is loaded (the file is left as is).
+never glued to the next record. Records carry a `key`; the first record of a key wins.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,9 @@ class StoreError(ValueError):
     pass
 
 
-Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
-
-
 class RecordStore:
-    def __init__(self, path: str | Path, upgrade: Upgrade | None = None) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.upgrade = upgrade
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, dict[str, Any]] = {}
         if self.path.exists():
@@ -52,8 +47,6 @@ class RecordStore:
             except json.JSONDecodeError as err:
                 raise StoreError(f"{self.path}:{lineno}: corrupt record ({err.msg}); only the last line of an "
                                  "append-only store can be incomplete, so this file was edited or damaged") from None
-            if self.upgrade is not None:
-                record = self.upgrade(record)
             self.records.setdefault(record["key"], record)
 
     def __contains__(self, key: str) -> bool:
@@ -80,11 +73,11 @@ class RecordStore:
         return len(new)
 
 
-def read_stores(paths: Iterable[Path], upgrade: Upgrade | None = None) -> dict[str, dict[str, Any]]:
+def read_stores(paths: Iterable[Path]) -> dict[str, dict[str, Any]]:
     """Merge several stores (e.g. one per shard) into one key -> record map."""
     merged: dict[str, dict[str, Any]] = {}
     for path in sorted(paths):
-        for key, record in RecordStore(path, upgrade).records.items():
+        for key, record in RecordStore(path).records.items():
             merged.setdefault(key, record)
     return merged
 
