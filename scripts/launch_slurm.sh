@@ -10,7 +10,7 @@
 # One training stage:
 #   sbatch --nodes=2 scripts/launch_slurm.sh dpo recipes/zephyr-7b-beta/dpo/config_full.yaml zero3 [overrides...]
 #
-# STAGE: sft or dpo. CONFIG: a file or a name in accelerate_configs/. GPUS_PER_NODE (default 8) sets the process
+# STAGE: a training stage (sft, dpo, orpo, simpo, kto, rm: the table in zephyr/stages/__init__.py). CONFIG: a file or a name in accelerate_configs/. GPUS_PER_NODE (default 8) sets the process
 # count: the global batch is per_device_train_batch_size x gradient_accumulation_steps x nodes x GPUS_PER_NODE,
 # all taken from the recipe (the DeepSpeed section of the accelerate config leaves them to it, so they cannot
 # disagree). Only rank 0 writes the final model, metrics and dashboard logs.
@@ -46,7 +46,8 @@ if [ $# -lt 3 ]; then
 fi
 STAGE=$1 RECIPE=$2 CONFIG=$3
 shift 3
-case "$STAGE" in sft|dpo) ;; *) echo "STAGE must be sft or dpo, got $STAGE" >&2; exit 2 ;; esac
+TRAINING=$(python -c 'from zephyr.stages import training_stages; print(" ".join(training_stages()))')
+case " $TRAINING " in *" $STAGE "*) ;; *) echo "STAGE must be a training stage ($TRAINING), got $STAGE" >&2; exit 2 ;; esac
 [ -f "$CONFIG" ] || CONFIG="accelerate_configs/${CONFIG%.yaml}.yaml"
 [ -f "$CONFIG" ] || { echo "accelerate config not found: $CONFIG" >&2; exit 2; }
 
@@ -56,5 +57,5 @@ echo "zephyr: $STAGE on $NODES node(s) x $GPUS_PER_NODE processes, rendezvous at
 srun --kill-on-bad-exit=1 bash -c 'accelerate launch \
   --config_file "$0" --num_machines "$1" --num_processes "$(($1 * $2))" --machine_rank "$SLURM_PROCID" \
   --main_process_ip "$3" --main_process_port "$4" --rdzv_backend c10d --max_restarts 0 ${ACCELERATE_EXTRA_ARGS:-} \
-  "scripts/run_$5.py" "${@:6}"' "$CONFIG" "$NODES" "$GPUS_PER_NODE" "$MASTER_ADDR" "$MASTER_PORT" "$STAGE" \
+  -m zephyr.cli "$5" "${@:6}"' "$CONFIG" "$NODES" "$GPUS_PER_NODE" "$MASTER_ADDR" "$MASTER_PORT" "$STAGE" \
   "$RECIPE" "$@"

@@ -25,7 +25,8 @@ from zephyr.data import prepare_datasets
 from zephyr.data.loading import DataError
 from zephyr.hooks import recording
 from zephyr.modeling import load_model, load_tokenizer
-from zephyr.stages import TRAINING_STAGES, kto, orpo, rm, simpo
+from zephyr.stages import STAGES as STAGE_TABLE
+from zephyr.stages import kto, orpo, rm, simpo
 from zephyr.stages.reliability import TrainingInterrupted
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,7 +211,7 @@ def test_a_short_run_trains_and_writes_its_outputs(stage, tiny_dir, tmp_path, re
     else:
         before = next(h["eval_loss"] for h in history if "eval_loss" in h)  # eval_on_start: the model as loaded
         assert results["eval_loss"] < before, (results["eval_loss"], before)
-    assert f"Trained with zephyr's **{TRAINING_STAGES[stage]}** stage" in (out / "README.md").read_text()
+    assert f"Trained with zephyr's **{STAGE_TABLE[stage].label}** stage" in (out / "README.md").read_text()
     if stage == "rm":
         assert 0.0 <= results["eval_accuracy"] <= 1.0
         assert json.loads((out / "config.json").read_text())["architectures"] == ["MistralForSequenceClassification"]

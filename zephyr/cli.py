@@ -31,7 +31,7 @@ from collections.abc import Callable
 from zephyr.keyhelp import COMMAND_CONFIGS, command_help
 from zephyr.logs import configure_logging
 from zephyr.optional_imports import leave_out_unused_libraries
-from zephyr.stages import TRAINING_STAGES
+from zephyr.stages import STAGES, training_stages
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -83,9 +83,11 @@ def run_launcher(cmd: list[str]) -> int:
     SIGTERM sent to this process is passed to the launcher, which passes it to every rank. SIGINT (Ctrl-C) already
     reaches the whole process group from the terminal, so here it only must not end this process while the ranks
     finish their step and save. The launcher kills ranks that have not exited TORCH_ELASTIC_SHUTDOWN_TIMEOUT
-    seconds after a signal: 30 by default, 600 here, as saving a large model can take minutes.
+    seconds after a signal (`launch.shutdown_timeout_env`).
     """
-    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")}
+    from zephyr.launch import shutdown_timeout_env
+
+    env = {**os.environ, **shutdown_timeout_env()}
     proc = subprocess.Popen(cmd, env=env)
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum)),
                 signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
@@ -187,15 +189,8 @@ def _merge(argv: list[str]) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (lazy_stage("zephyr.pipeline"), "the whole recipe: dSFT -> AIF -> dDPO -> eval (PIPELINE [--from S | --only S] [--seed N] [--rounds N] [--launch CFG] [--dry-run])"),
-    "sft": (lazy_stage("zephyr.stages.sft"), "dSFT: supervised fine-tuning on chat data (RECIPE [overrides])"),
-    "aif": (lazy_stage("zephyr.stages.aif"), "AIF: generate answers, judge them, binarize into pairs (RECIPE [overrides] [--rebinarize])"),
-    "dpo": (lazy_stage("zephyr.stages.dpo"), "dDPO: preference optimization against the frozen dSFT model (RECIPE [overrides])"),
-    "orpo": (lazy_stage("zephyr.stages.orpo"), "ORPO: SFT and preference optimization in one pass from the base model, no reference (TRL experimental)"),
-    "simpo": (lazy_stage("zephyr.stages.simpo"), "SimPO: reference-free, length-normalised preference optimization; loss_type sigmoid + cpo_alpha 1.0 is CPO (TRL experimental CPOTrainer)"),
-    "kto": (lazy_stage("zephyr.stages.kto"), "KTO: desirable/undesirable answers (unpaired, or pairs split in two) against the frozen starting model"),
-    "rm": (lazy_stage("zephyr.stages.rm"), "reward model: a score head trained on preference pairs; reports eval_accuracy"),
+    **{name: (lazy_stage(stage.module), stage.summary) for name, stage in STAGES.items()},  # zephyr/stages/__init__.py
     "binarize": (lazy_stage("zephyr.aif.ratings"), "existing ratings (raw UltraFeedback) to preference pairs (--source S --output_dir D [binarization.*])"),
-    "eval": (lazy_stage("zephyr.stages.eval"), "evaluate: answer questions, grade them, report scores with confidence intervals"),
     "sweep": (lazy_stage("zephyr.sweep"), "hyperparameter search over recipe keys on an Optuna study (SWEEP.yaml [--export-best F])"),
     "report": (lazy_stage("zephyr.report"), "PNG plots of a run's curves: loss, DPO rewards, margins, accuracies (PATH)"),
     "tiny-model": (_tiny_model, "build the embedded default: tiny model, tokenizer and datasets"),
@@ -205,10 +200,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 # Commands whose process loads DeepSpeed, bitsandbytes and wandb only when the run uses them
 # (zephyr/optional_imports.py): the stages, and the orchestrators, which check every recipe before starting them.
-STAGE_COMMANDS = (*TRAINING_STAGES, "aif", "eval")
+STAGE_COMMANDS = tuple(STAGES)
 ORCHESTRATORS = ("run", "sweep")
-LAUNCHABLE = tuple(TRAINING_STAGES)  # training stages: `--accelerate-config CFG` launches them on several processes
-PLANNABLE = (*LAUNCHABLE, "aif", "eval")  # stages that take --dry-run
+LAUNCHABLE = tuple(training_stages())  # training stages: `--accelerate-config CFG` launches them on several processes
+PLANNABLE = tuple(STAGES)  # stages that take --dry-run
 
 
 def usage() -> str:

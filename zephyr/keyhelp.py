@@ -9,18 +9,13 @@ import types
 import typing
 from typing import Any
 
-# command -> (module, attribute holding its config class or classes, usage line)
+from zephyr.stages import STAGES
+
+# command -> ("module:ATTRIBUTE" holding its config class or classes, usage line); the stages from their table
 COMMAND_CONFIGS = {
-    "sft": ("zephyr.stages.sft", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
-    "dpo": ("zephyr.stages.dpo", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
-    "orpo": ("zephyr.stages.orpo", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
-    "simpo": ("zephyr.stages.simpo", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
-    "kto": ("zephyr.stages.kto", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
-    "rm": ("zephyr.stages.rm", "CONFIG_CLASSES", "RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]"),
-    "aif": ("zephyr.aif.config", "AIFConfig", "RECIPE.yaml [overrides] [--shard i/n] [--rebinarize] [--dry-run]"),
-    "eval": ("zephyr.evaluation.config", "EvalConfig", "RECIPE.yaml [overrides] [--dry-run]"),
-    "binarize": ("zephyr.aif.ratings", "RatingsConfig", "[RECIPE.yaml] --source DATASET --output_dir DIR [overrides]"),
-    "sweep": ("zephyr.sweep", "SweepConfig", "SWEEP.yaml [--export-best FILE]"),
+    **{name: (stage.configs, stage.usage) for name, stage in STAGES.items()},
+    "binarize": ("zephyr.aif.ratings:RatingsConfig", "[RECIPE.yaml] --source DATASET --output_dir DIR [overrides]"),
+    "sweep": ("zephyr.sweep:SweepConfig", "SWEEP.yaml [--export-best FILE]"),
 }
 
 SECTION_TITLES = {  # class name -> section heading; other classes are headed by their own name
@@ -73,10 +68,16 @@ def key_lines(cls: type, prefix: str = "", flag: str = "--") -> list[str]:
     return lines
 
 
-def command_help(command: str, summary: str) -> str:
-    module_name, attribute, usage_line = COMMAND_CONFIGS[command]
+def config_classes(where: str) -> tuple[type, ...]:
+    """The config class or classes at "module:ATTRIBUTE", as a tuple."""
+    module_name, attribute = where.split(":")
     classes = getattr(importlib.import_module(module_name), attribute)
-    classes = classes if isinstance(classes, tuple) else (classes,)
+    return classes if isinstance(classes, tuple) else (classes,)
+
+
+def command_help(command: str, summary: str) -> str:
+    where, usage_line = COMMAND_CONFIGS[command]
+    classes = config_classes(where)
     file_only = command == "sweep"  # a sweep is read from its file alone; stages also take overrides
     lines = [f"usage: zephyr {command} {usage_line}", "", summary, "",
              "Keys of the sweep file (nested: a.b)." if file_only else

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from zephyr.recipe import RecipeError
-from zephyr.stages import TRAINING_STAGES
+from zephyr.stages import training_stages
 
-TRAINING = tuple(TRAINING_STAGES)
+TRAINING = tuple(training_stages())
 WATCH_ENV = "ZEPHYR_WATCH_PARENT"  # set for every process a pipeline starts (and so for their ranks)
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 
@@ -265,6 +265,12 @@ class StageRun:
     signal: int | None  # the stop signal the pipeline received and passed on, if any
 
 
+def shutdown_timeout_env() -> dict[str, str]:
+    """How long `accelerate launch` lets its ranks save after a signal before it kills them: torch's default is 30
+    s, zephyr's 600, as saving a large model can take minutes (a value set by the user wins)."""
+    return {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")}
+
+
 def run_logged(cmd: list[str] | Parallel, log: Path, env: dict[str, str] | None = None) -> StageRun:
     """Run `cmd` (or several side by side), appending everything it prints to `log` while echoing it to this
     terminal; side-by-side workers' lines are prefixed with `[worker i]`.
@@ -274,8 +280,7 @@ def run_logged(cmd: list[str] | Parallel, log: Path, env: dict[str, str] | None 
     session of its own, so a Ctrl-C in the terminal reaches it once, through here."""
     group = cmd if isinstance(cmd, Parallel) else Parallel([cmd], [{}])
     log.parent.mkdir(parents=True, exist_ok=True)
-    base = {**os.environ, **(env or {}), WATCH_ENV: "1", "PYTHONUNBUFFERED": "1",
-            "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")}
+    base = {**os.environ, **(env or {}), WATCH_ENV: "1", "PYTHONUNBUFFERED": "1", **shutdown_timeout_env()}
     received: list[int] = []
     lock = threading.Lock()
     with open(log, "ab") as sink:

@@ -58,13 +58,14 @@ from zephyr.launch import (
 from zephyr.recipe import RecipeError, read_yaml
 from zephyr.rounds import Rounds, add_rounds, eval_models_override
 from zephyr.run_lock import locked
+from zephyr.stages import STAGES as STAGE_TABLE
 
 logger = logging.getLogger("zephyr.run")
 
 # In the order they run, whatever the order in the file (a file written by yaml.safe_dump has its keys sorted).
 # A reward model (rm) comes before aif, whose `judge: reward_model` may read it; the preference stages after dpo
 # are alternatives to it (orpo needs no sft before it).
-STAGES = ("tiny_model", "sft", "rm", "aif", "dpo", "orpo", "simpo", "kto", "eval")
+STAGES = ("tiny_model", *STAGE_TABLE)  # the embedded default first, then the table's order
 MARKER = "zephyr_stage.json"
 TINY_MODEL_FLAGS = {"hidden_size": "--hidden-size", "num_layers": "--num-layers", "seed": "--seed",
                     "tokenizer": "--tokenizer", "eval_fraction": "--eval-fraction", "split_seed": "--split-seed"}

@@ -7,7 +7,6 @@ the first one; `--dry-run` prints them. Hub ids are taken as they are: nothing h
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +22,15 @@ FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow")
 
 def resolve(name: str, argv: list[str]) -> tuple[Any, ...]:
     """The stage's typed configs from recipe + overrides, exactly as the stage parses them."""
-    from zephyr.stages import TRAINING_STAGES
+    from zephyr.keyhelp import config_classes
+    from zephyr.stages import STAGES
     from zephyr.stages.common import parse_stage_args
 
-    if name in TRAINING_STAGES:
-        stage = importlib.import_module(f"zephyr.stages.{name}")
-        return parse_stage_args(argv, stage.CONFIG_CLASSES, name)
-    if name == "aif":
-        from zephyr.aif.config import AIFConfig
-
-        return parse_stage_args([a for a in argv if a != "--rebinarize"], (AIFConfig,), "aif")
-    if name == "eval":
-        from zephyr.evaluation.config import EvalConfig
-
-        return parse_stage_args(argv, (EvalConfig,), "eval")
-    raise RecipeError(f"unknown stage {name!r}")
+    if name not in STAGES:
+        raise RecipeError(f"unknown stage {name!r} (expected one of {', '.join(STAGES)})")
+    if STAGES[name].kind == "aif":
+        argv = [a for a in argv if a != "--rebinarize"]
+    return parse_stage_args(argv, config_classes(STAGES[name].configs), name)
 
 
 def flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -42,6 +42,7 @@ from typing import Any, Literal
 import yaml
 
 from zephyr.recipe import RecipeError, build_configs, read_yaml
+from zephyr.stages import STAGES
 from zephyr.tracking import dashboards, mlflow_store, read_metrics
 
 logger = logging.getLogger("zephyr.sweep")
@@ -66,7 +67,7 @@ class Pruning:
 @dataclass
 class SweepConfig:
     base: str = field(metadata={"help": "The stage recipe every trial starts from."})
-    stage: Literal["sft", "dpo", "orpo", "simpo", "kto", "rm", "aif", "eval"] = field(
+    stage: Literal[tuple(STAGES)] = field(  # the stages' table, zephyr/stages/__init__.py
         metadata={"help": "Which stage a trial runs."})
     output_dir: str = field(metadata={"help": "Trial folders, the study database and the summary go here."})
     space: dict[str, Any] = field(metadata={"help": "key: {choices: [...]} or {low, high, log, int}."})

@@ -29,6 +29,7 @@ from zephyr.recipe import load_recipe
 from zephyr.rules import no_eval_set_message, strategy_name
 from zephyr.run_lock import locked
 from zephyr.secrets import is_secret_key
+from zephyr.stages import STAGES
 from zephyr.stages.reliability import TrainingStopped
 from zephyr.tracking import prepare_tracking, tracking_callbacks
 
@@ -151,7 +152,7 @@ def build_eval_checked(build_trainer: Callable[..., tuple[Any, Any, Any]], model
         raise
 
 
-def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ...],
+def train_stage(argv: list[str], stage: str, classes: tuple[type, ...],
                 build_trainer: Callable[..., tuple[Any, Any, Any]]) -> dict[str, Any]:
     """The skeleton every training stage shares: recipe -> logging -> seed -> data + model + trainer -> train
     (resuming when a checkpoint exists) -> evaluate -> save model, tokenizer, metrics, recipe, model card."""
@@ -164,7 +165,7 @@ def train_stage(argv: list[str], stage: str, label: str, classes: tuple[type, ..
     # one run per output_dir: a second one refuses at once, naming this one (zephyr/run_lock.py); the main
     # process holds the lock for all ranks
     with locked(training_args.output_dir, enabled=training_args.process_index == 0):
-        return train_in(stage, label, model_args, data_args, training_args, build_trainer)
+        return train_in(stage, STAGES[stage].label, model_args, data_args, training_args, build_trainer)
 
 
 def train_in(stage: str, label: str, model_args: Any, data_args: Any, training_args: Any,

@@ -168,4 +168,4 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
 
 def main(argv: list[str]) -> dict:
-    return train_stage(argv, "dpo", "dDPO", CONFIG_CLASSES, build_trainer)
+    return train_stage(argv, "dpo", CONFIG_CLASSES, build_trainer)

@@ -45,4 +45,4 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
 
 def main(argv: list[str]) -> dict:
-    return train_stage(argv, "kto", "KTO", CONFIG_CLASSES, build_trainer)
+    return train_stage(argv, "kto", CONFIG_CLASSES, build_trainer)

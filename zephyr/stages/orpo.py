@@ -26,4 +26,4 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
 
 def main(argv: list[str]) -> dict:
-    return train_stage(argv, "orpo", "ORPO", CONFIG_CLASSES, build_trainer)
+    return train_stage(argv, "orpo", CONFIG_CLASSES, build_trainer)

@@ -44,4 +44,4 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
 
 def main(argv: list[str]) -> dict:
-    return train_stage(argv, "rm", "reward model", CONFIG_CLASSES, build_trainer)
+    return train_stage(argv, "rm", CONFIG_CLASSES, build_trainer)

@@ -60,4 +60,4 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
 
 def main(argv: list[str]) -> dict:
-    return train_stage(argv, "sft", "dSFT", CONFIG_CLASSES, build_trainer)
+    return train_stage(argv, "sft", CONFIG_CLASSES, build_trainer)

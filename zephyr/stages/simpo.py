@@ -27,4 +27,4 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
 
 def main(argv: list[str]) -> dict:
-    return train_stage(argv, "simpo", "SimPO", CONFIG_CLASSES, build_trainer)
+    return train_stage(argv, "simpo", CONFIG_CLASSES, build_trainer)
