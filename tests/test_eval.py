@@ -10,7 +10,7 @@ import yaml
 
 from zephyr.evaluation import graders
 from zephyr.evaluation.graders import Grader, combine_verdicts, parse_rating, parse_verdict
-from zephyr.evaluation.questions import QuestionError, load_questions
+from zephyr.evaluation.questions import Question, QuestionError, load_questions
 from zephyr.evaluation.stats import bootstrap_mean, paired_difference
 from zephyr.inference.backends import ChatResult
 from zephyr.inference.settings import JudgeConfig
@@ -95,12 +95,15 @@ def llm_grader(monkeypatch, backend):
 def test_llm_pairwise_swaps_positions(monkeypatch):
     conv = [{"role": "user", "content": "q"}]
     fair = ScriptedBackend()
-    assert llm_grader(monkeypatch, fair).pairwise([(conv, "right", "wrong"), (conv, "wrong", "right")]) == [1.0, 0.0]
+    judged = llm_grader(monkeypatch, fair).pairwise([(conv, "right", "wrong"), (conv, "wrong", "right")])
+    assert [j["outcome"] for j in judged] == [1.0, 0.0]
+    assert [j["verdicts"] for j in judged] == [["A", "B"], ["B", "A"]]  # the same answer wins in both orders
     assert len(fair.requests) == 4  # every pair judged in both orders
     orders = [(r.messages[-1]["content"].split("[Answer A]\n")[1][:5]) for r in fair.requests]
     assert orders == ["right", "wrong", "wrong", "right"]
     biased = ScriptedBackend(bias="A")
-    assert llm_grader(monkeypatch, biased).pairwise([(conv, "right", "wrong")]) == [0.5]
+    assert llm_grader(monkeypatch, biased).pairwise([(conv, "right", "wrong")]) == [
+        {"outcome": 0.5, "verdicts": ["A", "A"]}]  # whichever comes first wins: a tie, and not consistent
 
 
 def test_llm_single_grading(monkeypatch):
@@ -113,7 +116,8 @@ def test_callable_grader_on_hand_made_answers():
     grader = Grader(JudgeConfig(type="callable", callable="zephyr.embedded.tasks:judge"))
     conv = [{"role": "user", "content": "What is 2 + 3?"}]
     assert grader.single([(conv, "2 + 3 = 5.", None), (conv, "2 + 3 = 6.", None)]) == [10.0, 1.0 + 4.0 * 9 / 10]
-    assert grader.pairwise([(conv, "2 + 3 = 5.", "2 + 3 = 6."), (conv, "2 + 3 = 6.", "2 + 3 = 6.")]) == [1.0, 0.5]
+    judged = grader.pairwise([(conv, "2 + 3 = 5.", "2 + 3 = 6."), (conv, "2 + 3 = 6.", "2 + 3 = 6.")])
+    assert [j["outcome"] for j in judged] == [1.0, 0.5]
 
 
 def test_reward_model_grader_scores_the_conversation_and_compares_by_score(tiny_dir, tmp_path):
@@ -140,7 +144,7 @@ def test_reward_model_grader_scores_the_conversation_and_compares_by_score(tiny_
             want.append(model(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item())
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6) and got[0] != got[1]
     better = 1.0 if want[0] > want[1] else 0.0
-    assert grader.pairwise([(conv, "2 + 4 = 6.", "2 + 4 = 7.")]) == [better]
+    assert [j["outcome"] for j in grader.pairwise([(conv, "2 + 4 = 6.", "2 + 4 = 7.")])] == [better]
 
 
 def test_each_later_round_is_compared_with_the_round_before():
@@ -214,6 +218,11 @@ def test_eval_end_to_end_multi_turn_resume_and_reward_accuracy(tiny_dir, tmp_pat
     assert a["score"]["ci_low"] <= a["score"]["mean"] <= a["score"]["ci_high"]
     assert set(a["categories"]) == {r["category"] for r in rows}
     assert "score_minus_baseline" in b and "win_rate_vs_baseline" in b and "score_minus_baseline" not in a
+    assert "lc_win_rate_vs_baseline" in b and b["answer_length"]["answers"] == 13  # 12 questions, 13 turns
+    # a scorer compares the answers, not their places: every verdict survives the swap
+    assert results["judge"]["position_consistency"] == {"b": {"mean": 1.0, "pairs": 13}}
+    assert f"Judge {results['judge']['identity']}: verdicts that survive swapping the answers (position " \
+           "consistency): b 1.00 of 13 pairs" in (out / "results.md").read_text()
     # policy == reference: every implicit reward margin is exactly zero, so no pair is "won"
     assert results["reward_accuracy"]["mean"] == 0.0 and results["reward_accuracy"]["mean_margin"] == 0.0
     assert (out / "results.md").read_text().startswith("| model | score (1-10)")
@@ -243,3 +252,119 @@ def test_questions_load_from_a_dataset_in_mt_bench_prompts_layout(tmp_path):
         str(folder / "data" / "train-00000-of-00001.parquet"))
     with pytest.raises(QuestionError, match="row 0: expected question_id and turns"):
         load_questions(folder)
+
+
+# ------------------------------------------------------------------------------------ length-controlled win rate
+def judged_by_a_length_loving_judge(theta: float, skew: float, n: int = 600, seed: int = 0):
+    """Outcomes (1, 0.5, 0) of a judge whose log-odds are theta (the true quality gap) plus 1.5 tanh of the length
+    difference in standard deviations; the model's answers are `skew` characters longer than the baseline's on
+    average."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    d = rng.normal(skew, 400, n)
+    p = 1 / (1 + np.exp(-(theta + 1.5 * np.tanh(d / d.std()))))
+    u = rng.random(n)
+    y = np.where(u < p - 0.05, 1.0, np.where(u < p + 0.05, 0.5, 0.0))  # some ties, as half a win
+    return y, d
+
+
+def grid_fit(y, d) -> float:
+    """theta by brute force: the maximum of the log-likelihood on a grid, refined three times (independent of
+    Newton's method)."""
+    import numpy as np
+
+    x = np.tanh(d / d.std())
+    lo_t, hi_t, lo_p, hi_p = -3.0, 3.0, -5.0, 5.0
+    for _ in range(4):
+        t, p = np.meshgrid(np.linspace(lo_t, hi_t, 121), np.linspace(lo_p, hi_p, 121), indexing="ij")
+        z = t[..., None] + p[..., None] * x
+        ll = (y * -np.logaddexp(0, -z) + (1 - y) * -np.logaddexp(0, z)).sum(-1)
+        i, j = np.unravel_index(ll.argmax(), ll.shape)
+        st, sp = (hi_t - lo_t) / 120, (hi_p - lo_p) / 120
+        lo_t, hi_t, lo_p, hi_p = t[i, j] - 2 * st, t[i, j] + 2 * st, p[i, j] - 2 * sp, p[i, j] + 2 * sp
+    return float(t[i, j])
+
+
+def test_length_controlled_win_rate_is_the_win_rate_at_equal_length():
+    import math
+
+    from zephyr.evaluation.stats import fit_length_logit, length_controlled_win_rate
+
+    theta = 0.4  # the model is truly better: sigmoid(0.4) = 0.599 at equal length
+    raw, controlled = {}, {}
+    for skew in (-300.0, 300.0):  # its answers shorter, then longer, than the baseline's
+        y, d = judged_by_a_length_loving_judge(theta, skew)
+        fitted = fit_length_logit(y, d)[0]
+        assert fitted == pytest.approx(grid_fit(y, d), abs=2e-3)  # Newton's fit is the likelihood's maximum
+        est = length_controlled_win_rate(y, d, samples=300)
+        assert est.mean == pytest.approx(1 / (1 + math.exp(-fitted)))
+        assert est.low < 1 / (1 + math.exp(-theta)) < est.high  # the truth inside the interval
+        raw[skew], controlled[skew] = float(y.mean()), est.mean
+    assert raw[300.0] - raw[-300.0] > 0.2  # the raw win rate follows the length
+    assert abs(controlled[300.0] - controlled[-300.0]) < 0.08  # the controlled one does not
+
+
+def test_the_report_has_the_controlled_win_rate_and_the_answer_lengths():
+    from zephyr.evaluation.config import EvalConfig
+    from zephyr.evaluation.questions import Question
+    from zephyr.evaluation.runner import summarize, table
+    from zephyr.evaluation.stats import length_controlled_win_rate
+    from zephyr.recipe import build_configs
+
+    (cfg,) = build_configs({"questions": "q.jsonl", "models": [{"name": n, "model": n} for n in ("sft", "dpo")],
+                            "judge": {"type": "callable", "callable": "m:f"}, "output_dir": "o", "baseline": "sft",
+                            "mode": "pairwise", "bootstrap_samples": 200}, (EvalConfig,))
+    questions = [Question(f"q{i}", [f"turn {i}"], "misc") for i in range(8)]
+    answers = {"sft": {f"q{i}": ["x" * (10 + i)] for i in range(8)},
+               "dpo": {f"q{i}": ["y" * (30 + 3 * i)] for i in range(8)}}
+    answers["dpo"]["q7"] = [None]  # a failed answer: no length, no verdict
+    wins = [1.0, 1.0, 0.5, 1.0, 0.0, 1.0, 1.0, None]
+    outcomes = {"dpo": {f"q{i}": [w] for i, w in enumerate(wins)}}
+    results = summarize(cfg, questions, None, outcomes, None, answers)
+    dpo, sft = results["models"]["dpo"], results["models"]["sft"]
+    diffs = [(30 + 3 * i) - (10 + i) for i in range(7)]
+    want = length_controlled_win_rate(wins[:7], diffs, samples=200)
+    assert dpo["lc_win_rate_vs_baseline"]["mean"] == pytest.approx(want.mean)
+    assert dpo["lc_win_rate_vs_baseline"]["judged_turns"] == 7
+    assert dpo["answer_length"]["mean"] == pytest.approx(sum(30 + 3 * i for i in range(7)) / 7)
+    assert dpo["answer_length"]["minus_baseline"]["mean"] == pytest.approx(sum(diffs) / 7)
+    assert sft["answer_length"]["answers"] == 8 and "minus_baseline" not in sft["answer_length"]
+    text = table(results)
+    assert "length-controlled win rate" in text.splitlines()[0]
+    assert f"| {dpo['answer_length']['mean']:.0f} (+{sum(diffs) / 7:.0f} [" in text
+
+
+@pytest.mark.parametrize(("bias", "consistency"), [(None, 1.0), ("A", 0.0)])
+def test_position_consistency_is_the_share_of_verdicts_that_survive_the_swap(monkeypatch, tmp_path, bias,
+                                                                              consistency):
+    from zephyr.evaluation.config import EvalConfig
+    from zephyr.evaluation.runner import Failures, grade_pairwise, position_consistency
+    from zephyr.inference.store import RecordStore
+    from zephyr.recipe import build_configs
+
+    monkeypatch.setattr(graders, "make_backend", lambda cfg: ScriptedBackend(bias))
+    (cfg,) = build_configs({"questions": "q.jsonl", "models": [{"name": n, "model": n} for n in ("base", "new")],
+                            "judge": {"type": "llm", "backend": "openai", "model": "judge",
+                                      "base_url": "http://127.0.0.1:9/v1"},
+                            "output_dir": str(tmp_path), "baseline": "base", "mode": "pairwise"}, (EvalConfig,))
+    questions = [Question(f"q{i}", [f"turn {i}"], "misc") for i in range(4)]
+    answers = {"base": {f"q{i}": ["wrong"] for i in range(4)}, "new": {f"q{i}": ["right"] for i in range(4)}}
+    store = RecordStore(tmp_path / "records.jsonl")
+    outcomes = grade_pairwise(cfg, Grader(cfg.judge), questions, answers, store, Failures(tmp_path / "f.jsonl"))
+    assert outcomes == {"new": {f"q{i}": [1.0 if bias is None else 0.5] for i in range(4)}}
+    assert position_consistency(cfg, questions, store) == {"new": {"mean": consistency, "pairs": 4}}
+
+
+def test_the_judge_identity_changes_with_its_settings_and_its_prompt_text(monkeypatch):
+    judge = JudgeConfig(type="llm", backend="openai", model="judge", base_url="http://127.0.0.1:9/v1")
+    same = JudgeConfig(type="llm", backend="openai", model="judge", base_url="http://127.0.0.1:9/v1")
+    assert graders.judge_identity(judge) == graders.judge_identity(same)
+    warmer = JudgeConfig(type="llm", backend="openai", model="judge", base_url="http://127.0.0.1:9/v1",
+                         temperature=0.7)
+    assert graders.judge_identity(warmer) != graders.judge_identity(judge)
+    before = graders.judge_identity(judge)
+    original = graders.pairwise_prompt
+    monkeypatch.setattr(graders, "pairwise_prompt", lambda m, a, b: [{**x, "content": x["content"] + " Be strict."}
+                                                                    for x in original(m, a, b)])
+    assert graders.judge_identity(judge) != before  # a changed template never reuses the old verdicts

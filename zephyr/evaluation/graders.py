@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Any
 
@@ -36,6 +38,14 @@ def pairwise_prompt(messages: list[dict[str, str]], first: str, second: str) -> 
         "your verdict in exactly one of these forms: [[A]] if A is better, [[B]] if B is better, [[C]] for a tie."
     )
     return [{"role": "system", "content": SINGLE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def judge_identity(cfg: JudgeConfig) -> str:
+    """What a stored grade or verdict was made by: the judge's settings (model, its weights' fingerprint, sampling)
+    and the exact text of the prompts above, so that a changed judge or template never mixes with cached ones."""
+    probe = [{"role": "user", "content": "{question}"}]
+    templates = json.dumps([single_prompt(probe, "{answer}", "{reference}"), pairwise_prompt(probe, "{a}", "{b}")])
+    return f"{cfg.settings_hash()}-{hashlib.sha256(templates.encode()).hexdigest()[:8]}"
 
 
 def parse_rating(text: str) -> float | None:
@@ -85,16 +95,18 @@ class Grader:
             return [self._scorer_scores(messages, [answer])[0] for messages, answer, _ in items]
         return self._ask([single_prompt(m, a, r) for m, a, r in items], parse_rating)
 
-    def pairwise(self, items: list[tuple[list[dict[str, str]], str, str]]) -> list[float | None]:
-        """For (conversation, answer of the model, answer of the baseline): 1 win, 0.5 tie, 0 loss, None when
-        the judge gave no usable verdict. Each pair is judged in both orders; one that flips counts as a tie."""
+    def pairwise(self, items: list[tuple[list[dict[str, str]], str, str]]) -> list[dict[str, Any] | None]:
+        """For (conversation, answer of the model, answer of the baseline): `outcome` 1 win, 0.5 tie, 0 loss, and
+        the judge's two `verdicts` (model first, then baseline first); None when the judge gave no usable
+        verdict. Each pair is judged in both orders; one that flips counts as a tie."""
         if self.scorer:
             first = [self._scorer_verdict(m, a, b) for m, a, b in items]
             second = [self._scorer_verdict(m, b, a) for m, a, b in items]
         else:
             first = self._ask([pairwise_prompt(m, a, b) for m, a, b in items], parse_verdict)
             second = self._ask([pairwise_prompt(m, b, a) for m, a, b in items], parse_verdict)
-        return [combine_verdicts(v1, v2) for v1, v2 in zip(first, second, strict=True)]
+        return [None if v1 is None or v2 is None else {"outcome": combine_verdicts(v1, v2), "verdicts": [v1, v2]}
+                for v1, v2 in zip(first, second, strict=True)]
 
     def _scorer_scores(self, messages, responses) -> list[float | None]:
         (judgments,) = self.scorer.judge([JudgeTask("", messages[-1]["content"], responses, messages[:-1])])
@@ -116,3 +128,8 @@ def combine_verdicts(first: str | None, second_swapped: str | None) -> float | N
     one = {"A": 1.0, "B": 0.0}.get(first)
     two = {"A": 0.0, "B": 1.0}.get(second_swapped)
     return one if one is not None and one == two else 0.5
+
+
+def position_consistent(verdicts: list[str]) -> bool:
+    """The verdict survives swapping the answers: the same answer wins in both orders, or both are ties."""
+    return tuple(verdicts) in (("A", "B"), ("B", "A"), ("C", "C"))

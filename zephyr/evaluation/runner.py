@@ -15,12 +15,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from zephyr.evaluation.config import EvalConfig
-from zephyr.evaluation.graders import Grader
+from zephyr.evaluation.graders import Grader, judge_identity, position_consistent
 from zephyr.evaluation.questions import Question, load_questions
-from zephyr.evaluation.stats import bootstrap_mean, paired_difference
+from zephyr.evaluation.stats import bootstrap_mean, length_controlled_win_rate, paired_difference
 from zephyr.inference.backends import ChatRequest, make_backend
 from zephyr.inference.failures import check_missing
 from zephyr.inference.settings import GeneratorConfig
@@ -94,7 +95,7 @@ def conversation(q: Question, answers: list[str], turn: int) -> list[dict[str, s
 def grade_single(cfg: EvalConfig, grader: Grader, questions, answers, store: RecordStore,
                  failures: Failures) -> dict[str, dict]:
     """Per model: question id -> list of per-turn grades; None where the answer or its grade is missing."""
-    judge_hash = cfg.judge.settings_hash()
+    judge_hash = judge_identity(cfg.judge)
     grades: dict[str, dict[str, list]] = {}
     for m in cfg.models:
         key = lambda q, t, m=m: f"single|{q.question_id}|{t}|{m.settings_hash()}|{judge_hash}"  # noqa: E731
@@ -124,29 +125,53 @@ def stored(questions, key, field: str, store: RecordStore) -> dict[str, list]:
                             for t in range(len(q.turns))] for q in questions}
 
 
+def pair_keys(cfg: EvalConfig, model) -> Any:
+    """The store key of a pairwise judgment of `model` as a function of (question, turn): both models' settings
+    and the judge's identity in it."""
+    base = next(m for m in cfg.models if m.name == cfg.baseline)
+    pair, judge = f"{model.settings_hash()}|{base.settings_hash()}", judge_identity(cfg.judge)
+    return lambda q, t: f"pair|{q.question_id}|{t}|{pair}|{judge}"
+
+
 def grade_pairwise(cfg: EvalConfig, grader: Grader, questions, answers, store: RecordStore,
                    failures: Failures) -> dict[str, dict]:
     """Per non-baseline model: question id -> list of per-turn outcomes (1 win, 0.5 tie, 0 loss; None where an
-    answer or a verdict is missing)."""
-    base = next(m for m in cfg.models if m.name == cfg.baseline)
-    judge_hash = cfg.judge.settings_hash()
+    answer or a verdict is missing). The judge's two verdicts are stored with each outcome."""
+    base = cfg.baseline
     outcomes = {}
+    for m in cfg.models:
+        if m.name == base:
+            continue
+        key = pair_keys(cfg, m)
+        items = [(q, t) for q in questions for t in range(len(q.turns)) if key(q, t) not in store
+                 and answers[m.name][q.question_id][t] is not None and answers[base][q.question_id][t] is not None]
+        if items:
+            logger.info("pairwise judging of %d answers: %s vs %s", len(items), m.name, base)
+            results = grader.pairwise([(conversation(q, answers[m.name][q.question_id], t),
+                                        answers[m.name][q.question_id][t], answers[base][q.question_id][t])
+                                       for q, t in items])
+            for (q, t), result in zip(items, results, strict=True):
+                if result is None:
+                    failures.add("outcome", key(q, t), "no usable verdict from the judge after its retries")
+            store.append({"key": key(q, t), **result} for (q, t), result in zip(items, results, strict=True)
+                         if result is not None)
+        outcomes[m.name] = stored(questions, key, "outcome", store)
+    return outcomes
+
+
+def position_consistency(cfg: EvalConfig, questions, store: RecordStore) -> dict[str, dict[str, float]]:
+    """Per non-baseline model, the share of judged pairs whose verdict survives swapping the two answers: how
+    far the judge's verdicts are about the answers rather than their order."""
+    out = {}
     for m in cfg.models:
         if m.name == cfg.baseline:
             continue
-        pair = f"{m.settings_hash()}|{base.settings_hash()}"
-        key = lambda q, t, pair=pair: f"pair|{q.question_id}|{t}|{pair}|{judge_hash}"  # noqa: E731
-        items = [(q, t) for q in questions for t in range(len(q.turns)) if key(q, t) not in store
-                 and answers[m.name][q.question_id][t] is not None
-                 and answers[base.name][q.question_id][t] is not None]
-        if items:
-            logger.info("pairwise judging of %d answers: %s vs %s", len(items), m.name, base.name)
-            results = grader.pairwise([(conversation(q, answers[m.name][q.question_id], t),
-                                        answers[m.name][q.question_id][t], answers[base.name][q.question_id][t])
-                                       for q, t in items])
-            keep(items, results, key, "outcome", store, failures)
-        outcomes[m.name] = stored(questions, key, "outcome", store)
-    return outcomes
+        key = pair_keys(cfg, m)
+        records = [store.get(key(q, t)) for q in questions for t in range(len(q.turns))]
+        judged = [r["verdicts"] for r in records if r and r.get("verdicts")]
+        if judged:
+            out[m.name] = {"mean": sum(position_consistent(v) for v in judged) / len(judged), "pairs": len(judged)}
+    return out
 
 
 def per_question(values: dict[str, list]) -> dict[str, float]:
@@ -155,7 +180,40 @@ def per_question(values: dict[str, list]) -> dict[str, float]:
     return {qid: sum(turns) / len(turns) for qid, turns in values.items() if all(v is not None for v in turns)}
 
 
-def summarize(cfg: EvalConfig, questions, grades, outcomes, margins) -> dict[str, Any]:
+def length_lines(cfg: EvalConfig, answers: dict[str, dict[str, list]], name: str) -> dict[str, Any]:
+    """How long a model's answers are (characters, every answered turn) and, against the baseline on the turns
+    both answered, how much longer: DPO is known to lengthen answers, and a judge to reward length."""
+    own = [len(a) for turns in answers[name].values() for a in turns if a is not None]
+    entry: dict[str, Any] = {"mean": float(np.mean(own)) if own else None, "median": float(np.median(own)) if own
+                             else None, "answers": len(own)}
+    if cfg.baseline and name != cfg.baseline:
+        base = answers[cfg.baseline]
+        diffs = [len(a) - len(b) for qid, turns in answers[name].items() for a, b in zip(turns, base[qid], strict=True)
+                 if a is not None and b is not None]
+        if diffs:
+            entry["minus_baseline"] = paired_difference(diffs, [0.0] * len(diffs), **_boot(cfg)).as_dict()
+    return entry
+
+
+def lc_win_rate(cfg: EvalConfig, answers: dict[str, dict[str, list]], outcomes: dict[str, list],
+                name: str) -> dict[str, Any] | None:
+    """The win rate against the baseline at equal answer length (AlpacaEval 2's length control), over every
+    judged turn."""
+    base = answers[cfg.baseline]
+    y, d = [], []
+    for qid, turns in outcomes.items():
+        for t, outcome in enumerate(turns):
+            mine, theirs = answers[name][qid][t], base[qid][t]
+            if outcome is not None and mine is not None and theirs is not None:
+                y.append(outcome)
+                d.append(len(mine) - len(theirs))
+    if len(y) < 2:
+        return None
+    return {**length_controlled_win_rate(y, d, **_boot(cfg)).as_dict(), "judged_turns": len(y)}
+
+
+def summarize(cfg: EvalConfig, questions, grades, outcomes, margins,
+              answers: dict[str, dict[str, list]] | None = None) -> dict[str, Any]:
     """Every estimate from successful records only; each model says how many questions it is missing."""
     boot = {"samples": cfg.bootstrap_samples, "confidence": cfg.confidence, "seed": cfg.seed}
     results: dict[str, Any] = {"questions": len(questions), "bootstrap": boot, "models": {}}
@@ -195,6 +253,12 @@ def summarize(cfg: EvalConfig, questions, grades, outcomes, margins) -> dict[str
                 entry["win_rate_vs_baseline"] = {**bootstrap_mean([wins[i] for i in ids if i in wins],
                                                                   **_boot(cfg)).as_dict(), "questions": len(wins)}
             entry["missing_verdicts"] = len(ids) - len(wins)
+            if answers is not None:
+                lc = lc_win_rate(cfg, answers, outcomes[m.name], m.name)
+                if lc is not None:
+                    entry["lc_win_rate_vs_baseline"] = lc
+        if answers is not None:
+            entry["answer_length"] = length_lines(cfg, answers, m.name)
         results["models"][m.name] = entry
     if margins is not None:
         est = bootstrap_mean([1.0 if x > 0 else 0.0 for x in margins], **_boot(cfg))
@@ -217,13 +281,14 @@ def _boot(cfg: EvalConfig) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     level = int(results["bootstrap"]["confidence"] * 100)
-    lines = [f"| model | score (1-10) [{level}% CI] | vs baseline [{level}% CI] | win rate vs baseline |",
-             "|---|---|---|---|"]
+    lines = [f"| model | score (1-10) [{level}% CI] | vs baseline [{level}% CI] | win rate vs baseline | "
+             "length-controlled win rate | answer length (chars) |", "|---|---|---|---|---|---|"]
     for name, e in results["models"].items():
         score = _fmt(e.get("score"))
         diff = _fmt(e.get("score_minus_baseline"), signed=True)
         win = _fmt(e.get("win_rate_vs_baseline"))
-        lines.append(f"| {name} | {score} | {diff} | {win} |")
+        lc = _fmt(e.get("lc_win_rate_vs_baseline"))
+        lines.append(f"| {name} | {score} | {diff} | {win} | {lc} | {_length(e.get('answer_length'))} |")
     categories = sorted({c for e in results["models"].values() for c in e.get("categories", {})})
     if categories:
         lines += ["", "| model | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
@@ -239,10 +304,22 @@ def table(results: dict[str, Any]) -> str:
     if rounds:
         lines += ["", f"Each round against the one before ({level}% CI of the paired difference): " + "; ".join(
             f"{name} - {d['previous']} {_fmt(d, signed=True)}" for name, d in rounds)]
+    judge = results.get("judge")
+    if judge and judge.get("position_consistency"):
+        lines += ["", f"Judge {judge['identity']}: verdicts that survive swapping the answers (position consistency): "
+                  + "; ".join(f"{name} {c['mean']:.2f} of {c['pairs']} pairs"
+                              for name, c in judge["position_consistency"].items())]
     if "reward_accuracy" in results:
         r = results["reward_accuracy"]
         lines += ["", f"Reward accuracy on held-out pairs: {_fmt(r)} (mean margin {r['mean_margin']:.3f})"]
     return "\n".join(lines)
+
+
+def _length(e: dict | None) -> str:
+    if not e or e.get("mean") is None:
+        return "-"
+    vs = e.get("minus_baseline")
+    return f"{e['mean']:.0f}" + (f" ({vs['mean']:+.0f} [{vs['ci_low']:+.0f}, {vs['ci_high']:+.0f}])" if vs else "")
 
 
 def _fmt(e: dict | None, signed: bool = False) -> str:
@@ -285,7 +362,10 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         from zephyr.evaluation.reward_accuracy import reward_margins
 
         margins = reward_margins(cfg.reward_accuracy)
-    results = summarize(cfg, questions, grades, outcomes, margins)
+    results = summarize(cfg, questions, grades, outcomes, margins, answers)
+    if outcomes is not None:
+        results["judge"] = {"identity": judge_identity(cfg.judge),
+                            "position_consistency": position_consistency(cfg, questions, store)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(table(results) + "\n")
     with open(out / "answers.jsonl", "w") as f:
