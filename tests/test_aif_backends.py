@@ -374,3 +374,23 @@ def test_every_turn_of_a_dialogue_is_answered_in_context_judged_in_context_and_p
     path.write_text(yaml.safe_dump(cfg))
     assert cli.main(["aif", str(path)]) == 0
     assert server.count() == 0 and sorted(r["prompt_id"] for r in dataset_rows(tmp_path / "aif")) == ["d0", "d1", "d2"]
+
+
+def test_every_backend_declares_what_it_is():
+    """The planner and the stages ask a backend's capabilities instead of checking its name: every backend has
+    them, and a remote one is never taken for a model this process loads."""
+    import types
+    from typing import get_args
+
+    from zephyr.inference.backends import BACKENDS
+    from zephyr.inference.settings import CAPABILITIES, Backend, GeneratorConfig, JudgeConfig
+    from zephyr.plan import gpus_per_worker, runs_local_models
+
+    assert set(get_args(Backend)) == set(CAPABILITIES) == set(BACKENDS)
+    remote = GeneratorConfig(name="a", backend="openai", model="m", tensor_parallel_size=4)
+    assert remote.gpus == 1 and not remote.capabilities.local and remote.capabilities.independent_requests
+    served = types.SimpleNamespace(generators=[remote], judge=JudgeConfig(type="llm", backend="openai", model="j"))
+    assert not runs_local_models(served) and gpus_per_worker(served) == 1
+    local_judge = types.SimpleNamespace(generators=[remote], judge=JudgeConfig(type="llm", backend="vllm",
+                                                                               model="j", tensor_parallel_size=2))
+    assert runs_local_models(local_judge) and gpus_per_worker(local_judge) == 2

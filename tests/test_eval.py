@@ -339,7 +339,8 @@ def test_the_report_has_the_controlled_win_rate_and_the_answer_lengths():
 def test_position_consistency_is_the_share_of_verdicts_that_survive_the_swap(monkeypatch, tmp_path, bias,
                                                                               consistency):
     from zephyr.evaluation.config import EvalConfig
-    from zephyr.evaluation.runner import Failures, grade_pairwise, position_consistency
+    from zephyr.evaluation.runner import grade_pairwise, position_consistency
+    from zephyr.inference.failures import FailureLog
     from zephyr.inference.store import RecordStore
     from zephyr.recipe import build_configs
 
@@ -351,7 +352,7 @@ def test_position_consistency_is_the_share_of_verdicts_that_survive_the_swap(mon
     questions = [Question(f"q{i}", [f"turn {i}"], "misc") for i in range(4)]
     answers = {"base": {f"q{i}": ["wrong"] for i in range(4)}, "new": {f"q{i}": ["right"] for i in range(4)}}
     store = RecordStore(tmp_path / "records.jsonl")
-    outcomes = grade_pairwise(cfg, Grader(cfg.judge), questions, answers, store, Failures(tmp_path / "f.jsonl"))
+    outcomes = grade_pairwise(cfg, Grader(cfg.judge), questions, answers, store, FailureLog(tmp_path / "f.jsonl"))
     assert outcomes == {"new": {f"q{i}": [1.0 if bias is None else 0.5] for i in range(4)}}
     assert position_consistency(cfg, questions, store) == {"new": {"mean": consistency, "pairs": 4}}
 

@@ -207,11 +207,11 @@ def dry_run_stage(name: str, argv: list[str], launch: LaunchSettings | None = No
 def runs_local_models(cfg: Any) -> bool:
     """Whether an AIF or eval stage loads models itself (transformers or vLLM), so that more GPUs mean more speed."""
     endpoints = getattr(cfg, "generators", None) or getattr(cfg, "models", [])
-    judge_local = cfg.judge.type in ("llm", "reward_model") and cfg.judge.backend in ("transformers", "vllm")
-    return judge_local or any(e.backend in ("transformers", "vllm") for e in endpoints)
+    judge_local = cfg.judge.type in ("llm", "reward_model") and cfg.judge.capabilities.local
+    return judge_local or any(e.capabilities.local for e in endpoints)
 
 
 def gpus_per_worker(cfg: Any) -> int:
     """GPUs one AIF or eval worker needs: the largest vLLM tensor_parallel_size among its models."""
     endpoints = [*(getattr(cfg, "generators", None) or getattr(cfg, "models", [])), cfg.judge]
-    return max([e.tensor_parallel_size for e in endpoints if e.backend == "vllm"] or [1])
+    return max(e.gpus for e in endpoints)

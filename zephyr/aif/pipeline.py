@@ -30,9 +30,9 @@ from zephyr.aif.judges import JudgeTask, make_judge
 from zephyr.configs import DatasetSource
 from zephyr.data.loading import DataError, load_source
 from zephyr.inference.backends import ChatRequest, make_backend
-from zephyr.inference.failures import check_missing
+from zephyr.inference.failures import FailureLog, check_missing
 from zephyr.inference.settings import GeneratorConfig
-from zephyr.inference.store import RecordStore, parse_shard, read_stores
+from zephyr.inference.store import RecordStore, parse_shard, read_stores, shard_suffix
 
 logger = logging.getLogger("zephyr.aif")
 
@@ -147,17 +147,15 @@ class AIFRun:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.shard = parse_shard(cfg.shard)
-        suffix = f".shard-{self.shard[0]}-of-{self.shard[1]}" if self.shard[1] > 1 else ""
+        suffix = shard_suffix(self.shard)
         self.completions = RecordStore(self.out / f"completions{suffix}.jsonl")
         self.judgments = RecordStore(self.out / f"judgments{suffix}.jsonl")
-        self.failures_path = self.out / f"failures{suffix}.jsonl"
-        self.summary = Summary()
+        self.failure_log = FailureLog(self.out / f"failures{suffix}.jsonl")
+        self.summary = Summary(failures=self.failure_log.reasons)
 
     def log_failure(self, kind: str, key: str, reason: str) -> None:
-        self.summary.failures[f"{kind}: {reason.split(' (after')[0].split(':')[0]}"] += 1
-        self.summary.first_failure = self.summary.first_failure or f"{kind} {key}: {reason}"
-        with open(self.failures_path, "a") as f:
-            f.write(json.dumps({"kind": kind, "key": key, "reason": reason, "time": time.time()}) + "\n")
+        self.failure_log.add(kind, key, reason)
+        self.summary.first_failure = self.failure_log.first
 
     def generate(self, prompts: list[Prompt]) -> None:
         for gen in self.cfg.generators:
@@ -205,7 +203,7 @@ class AIFRun:
             requests.append(ChatRequest(messages, gen.temperature, gen.top_p, gen.max_new_tokens))
             principles.append(principle)
         seed = content_seed(gen.seed, batch_keys)
-        if gen.backend == "openai":
+        if gen.capabilities.independent_requests:
             # Endpoint requests are independent (and cost money): ask only for the answers not stored yet, each
             # with the seed it has in the whole batch, rather than the whole batch again.
             todo = [i for i, key in enumerate(batch_keys) if key not in self.completions]

@@ -10,8 +10,7 @@ import hashlib
 import json
 import logging
 import re
-import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +22,15 @@ from zephyr.evaluation.graders import Grader, judge_identity, position_consisten
 from zephyr.evaluation.questions import Question, load_questions
 from zephyr.evaluation.stats import bootstrap_mean, length_controlled_win_rate, paired_difference
 from zephyr.inference.backends import ChatRequest, make_backend
-from zephyr.inference.failures import check_missing
+from zephyr.inference.failures import FailureLog, check_missing
 from zephyr.inference.settings import GeneratorConfig
-from zephyr.inference.store import RecordStore, parse_shard, read_stores
+from zephyr.inference.store import RecordStore, parse_shard, read_stores, shard_suffix
 
 logger = logging.getLogger("zephyr.eval")
 
 
-class Failures:
-    """Failed answers and grades of this run: appended to failures.jsonl, counted by reason, never stored as
-    results (a rerun asks again)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.reasons, self.first = path, Counter(), None
-
-    def add(self, kind: str, key: str, reason: str) -> None:
-        self.reasons[f"{kind}: {reason.split(' (after')[0].split(':')[0]}"] += 1
-        self.first = self.first or f"{kind} {key}: {reason}"
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"kind": kind, "key": key, "reason": reason, "time": time.time()}) + "\n")
-
-
 def answer_questions(cfg: GeneratorConfig, questions: list[Question], store: RecordStore,
-                     failures: Failures) -> dict[str, list[str | None]]:
+                     failures: FailureLog) -> dict[str, list[str | None]]:
     """Every turn of every question answered by one model, multi-turn conversations carried forward. A turn
     whose request failed is None, and so are the later turns of its question."""
     h = cfg.settings_hash()
@@ -93,7 +78,7 @@ def conversation(q: Question, answers: list[str], turn: int) -> list[dict[str, s
 
 
 def grade_single(cfg: EvalConfig, grader: Grader, questions, answers, store: RecordStore,
-                 failures: Failures) -> dict[str, dict]:
+                 failures: FailureLog) -> dict[str, dict]:
     """Per model: question id -> list of per-turn grades; None where the answer or its grade is missing."""
     judge_hash = judge_identity(cfg.judge)
     grades: dict[str, dict[str, list]] = {}
@@ -111,7 +96,7 @@ def grade_single(cfg: EvalConfig, grader: Grader, questions, answers, store: Rec
     return grades
 
 
-def keep(items, values, key, field: str, store: RecordStore, failures: Failures) -> None:
+def keep(items, values, key, field: str, store: RecordStore, failures: FailureLog) -> None:
     """Store the judge's values; one it could not give (None) is a failure for the next run, never a result."""
     for (q, t), value in zip(items, values, strict=True):
         if value is None:
@@ -134,7 +119,7 @@ def pair_keys(cfg: EvalConfig, model) -> Any:
 
 
 def grade_pairwise(cfg: EvalConfig, grader: Grader, questions, answers, store: RecordStore,
-                   failures: Failures) -> dict[str, dict]:
+                   failures: FailureLog) -> dict[str, dict]:
     """Per non-baseline model: question id -> list of per-turn outcomes (1 win, 0.5 tie, 0 loss; None where an
     answer or a verdict is missing). The judge's two verdicts are stored with each outcome."""
     base = cfg.baseline
@@ -337,16 +322,14 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     content = source.read_bytes() if source.is_file() else json.dumps([vars(q) for q in questions]).encode()
     qhash = hashlib.sha256(content).hexdigest()[:12]
     i, n = parse_shard(cfg.shard)
+    suffix = shard_suffix((i, n))
     if n > 1:  # one worker of several (one per GPU): answer and grade its share of the questions, report nothing
         questions = questions[i::n]
-        suffix = f".shard-{i}-of-{n}"
-    else:
-        suffix = ""
     store = RecordStore(out / f"eval_records.{qhash}{suffix}.jsonl")
     if n == 1:  # the merge: what shard workers stored counts as stored here
         shards = read_stores(out.glob(f"eval_records.{qhash}.shard-*.jsonl"))
         store.append(record for key, record in shards.items() if key not in store)
-    failures = Failures(out / f"failures{suffix}.jsonl")
+    failures = FailureLog(out / f"failures{suffix}.jsonl")
     answers = {m.name: answer_questions(m, questions, store, failures) for m in cfg.models}
     grader = Grader(cfg.judge)
     single, pairwise = cfg.mode in ("single", "both"), cfg.mode in ("pairwise", "both")

@@ -4,7 +4,25 @@ retried by the next run, never used as a result; a stage that ends with more mis
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter
+from pathlib import Path
+
+
+class FailureLog:
+    """The failed requests, generations and judgments of this run (AIF and eval): appended to a JSONL file as
+    they happen, counted by reason, the first one kept whole (a server's own words). Never stored as results:
+    a rerun asks again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.reasons, self.first = Path(path), Counter(), None
+
+    def add(self, kind: str, key: str, reason: str) -> None:
+        self.reasons[f"{kind}: {reason.split(' (after')[0].split(':')[0]}"] += 1
+        self.first = self.first or f"{kind} {key}: {reason}"
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"kind": kind, "key": key, "reason": reason, "time": time.time()}) + "\n")
 
 
 class IncompleteError(RuntimeError):

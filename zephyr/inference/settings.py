@@ -13,6 +13,22 @@ from typing import Any, Literal
 
 Backend = Literal["transformers", "vllm", "openai"]
 
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend is, as the planner and the stages need to know it (one place, not a check per caller)."""
+
+    local: bool  # it loads the model in this process: more GPUs, more workers, more speed
+    independent_requests: bool  # each request stands alone (a server): ask only for what is not stored yet
+    tensor_parallel: bool  # one worker may span several GPUs (tensor_parallel_size)
+
+
+CAPABILITIES: dict[str, Capabilities] = {
+    "transformers": Capabilities(local=True, independent_requests=False, tensor_parallel=False),
+    "vllm": Capabilities(local=True, independent_requests=False, tensor_parallel=True),
+    "openai": Capabilities(local=False, independent_requests=True, tensor_parallel=False),
+}
+
 # Settings that change how requests travel, not what comes back: excluded from the settings hashes. The
 # base_url too: the same model served on another port (or behind a trailing slash) gives the same answers.
 TRANSPORT_KEYS = ("batch_size", "concurrency", "timeout", "max_retries", "retry_backoff", "api_key_env", "base_url")
@@ -33,6 +49,15 @@ def looks_like_a_key(value: str) -> bool:
 @dataclass
 class EndpointSettings:
     """How to reach a model: shared by generators and the LLM judge."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES[self.backend]
+
+    @property
+    def gpus(self) -> int:
+        """GPUs one worker serving this model needs."""
+        return self.tensor_parallel_size if self.capabilities.tensor_parallel else 1
 
     backend: Backend = field(default="transformers", metadata={"help": "transformers, vllm or openai."})
     model: str = field(default="", metadata={"help": "Local folder / hub id, or the endpoint's model name."})

@@ -82,6 +82,12 @@ def read_stores(paths: Iterable[Path]) -> dict[str, dict[str, Any]]:
     return merged
 
 
+def shard_suffix(shard: tuple[int, int]) -> str:
+    """What a shard worker adds to its store and failure file names (nothing for a run without shards)."""
+    i, n = shard
+    return f".shard-{i}-of-{n}" if n > 1 else ""
+
+
 def parse_shard(shard: str | None) -> tuple[int, int]:
     """`--shard i/n` (AIF and eval workers, one per GPU or node, each with stores of its own) as (i, n)."""
     if not shard:
