@@ -150,7 +150,7 @@ def test_reward_model_grader_scores_the_conversation_and_compares_by_score(tiny_
 def test_each_later_round_is_compared_with_the_round_before():
     from zephyr.evaluation.config import EvalConfig
     from zephyr.evaluation.questions import Question
-    from zephyr.evaluation.runner import previous_round, summarize, table
+    from zephyr.evaluation.summary import previous_round, summarize, table
     from zephyr.recipe import build_configs
 
     names = ["sft", "dpo", "dpo_r2", "dpo_r3"]
@@ -308,8 +308,8 @@ def test_length_controlled_win_rate_is_the_win_rate_at_equal_length():
 def test_the_report_has_the_controlled_win_rate_and_the_answer_lengths():
     from zephyr.evaluation.config import EvalConfig
     from zephyr.evaluation.questions import Question
-    from zephyr.evaluation.runner import summarize, table
     from zephyr.evaluation.stats import length_controlled_win_rate
+    from zephyr.evaluation.summary import summarize, table
     from zephyr.recipe import build_configs
 
     (cfg,) = build_configs({"questions": "q.jsonl", "models": [{"name": n, "model": n} for n in ("sft", "dpo")],
@@ -332,7 +332,7 @@ def test_the_report_has_the_controlled_win_rate_and_the_answer_lengths():
     assert sft["answer_length"]["answers"] == 8 and "minus_baseline" not in sft["answer_length"]
     text = table(results)
     assert "length-controlled win rate" in text.splitlines()[0]
-    assert f"| {dpo['answer_length']['mean']:.0f} (+{sum(diffs) / 7:.0f} [" in text
+    assert f"| {dpo['answer_length']['mean']:.1f} (+{sum(diffs) / 7:.1f} [" in text
 
 
 @pytest.mark.parametrize(("bias", "consistency"), [(None, 1.0), ("A", 0.0)])
@@ -369,3 +369,75 @@ def test_the_judge_identity_changes_with_its_settings_and_its_prompt_text(monkey
     monkeypatch.setattr(graders, "pairwise_prompt", lambda m, a, b: [{**x, "content": x["content"] + " Be strict."}
                                                                     for x in original(m, a, b)])
     assert graders.judge_identity(judge) != before  # a changed template never reuses the old verdicts
+
+
+# ------------------------------------------------------------------------------------------- Arena-style ratings
+def test_bradley_terry_scores_are_the_likelihood_maximum_of_the_battles():
+    """Battles among three models of known strength: zephyr's Newton fit equals the classic minorise-maximise
+    iteration for Bradley-Terry (Hunter 2004), computed here independently, and recovers the strengths."""
+    from zephyr.evaluation.arena import ANCHOR, ELO, Battle, fit, ratings
+
+    rng = np.random.default_rng(1)
+    strength = {"base": 0.0, "good": 0.8, "weak": -0.5}
+    names = list(strength)
+    battles = []
+    for _ in range(1500):
+        a, b = rng.choice(names, 2, replace=False)
+        p = 1 / (1 + np.exp(-(strength[a] - strength[b])))
+        battles.append(Battle(str(a), str(b), float(rng.random() < p)))
+    # minorise-maximise: p_i <- wins_i / sum_j n_ij / (p_i + p_j), a tie as half a win (none here)
+    wins = {m: sum(bt.outcome if bt.a == m else 1 - bt.outcome for bt in battles if m in (bt.a, bt.b)) for m in names}
+    games = {(x, y): sum({bt.a, bt.b} == {x, y} for bt in battles) for x in names for y in names if x != y}
+    p = dict.fromkeys(names, 1.0)
+    for _ in range(2000):
+        p = {i: wins[i] / sum(games[i, j] / (p[i] + p[j]) for j in names if j != i) for i in names}
+    mm = {m: float(np.log(p[m] / p["base"])) for m in names}
+    models = sorted(names)
+    beta = fit(battles, models, "base", style=False)
+    got = dict(zip([m for m in models if m != "base"], beta, strict=False))
+    for m in ("good", "weak"):
+        assert got[m] == pytest.approx(mm[m], abs=1e-3)
+        assert abs(got[m] - strength[m]) < 0.25  # 1500 battles: within sampling error of the truth
+    rated = ratings(battles, "base", samples=200)
+    assert rated["base"]["rating"] == ANCHOR
+    assert rated["good"]["rating"] == pytest.approx(ANCHOR + ELO * got["good"])
+    assert rated["weak"]["ci_low"] < rated["weak"]["rating"] < rated["weak"]["ci_high"] < ANCHOR
+
+
+def test_style_control_takes_out_what_length_buys():
+    """A model as good as the baseline whose answers are longer, judged by a judge that likes length: its raw
+    rating is well above the baseline's, its style-controlled rating is not."""
+    from zephyr.evaluation.arena import ANCHOR, Battle, ratings
+
+    rng = np.random.default_rng(2)
+    battles = []
+    for _ in range(800):
+        extra = rng.normal(400, 300)  # characters more than the baseline's answer
+        p = 1 / (1 + np.exp(-(0.9 * np.tanh(extra / 300))))
+        battles.append(Battle("verbose", "base", float(rng.random() < p), (extra, 0.0, 0.0, 0.0)))
+    raw = ratings(battles, "base", samples=200)["verbose"]
+    controlled = ratings(battles, "base", style=True, samples=200)["verbose"]
+    assert raw["ci_low"] > ANCHOR + 40
+    assert controlled["ci_low"] < ANCHOR + 40 and abs(controlled["rating"] - ANCHOR) < abs(raw["rating"] - ANCHOR) / 2
+
+
+def test_the_report_rates_every_model_against_the_baseline():
+    from zephyr.evaluation.arena import style_features
+    from zephyr.evaluation.config import EvalConfig
+    from zephyr.evaluation.summary import summarize, table
+    from zephyr.recipe import build_configs
+
+    text = "# Title\n- one\n- two\n**bold** text"
+    assert style_features(text) == [float(len(text)), 1.0, 2.0, 1.0]
+    (cfg,) = build_configs({"questions": "q.jsonl", "models": [{"name": n, "model": n} for n in ("sft", "dpo")],
+                            "judge": {"type": "callable", "callable": "m:f"}, "output_dir": "o", "baseline": "sft",
+                            "mode": "pairwise", "bootstrap_samples": 100}, (EvalConfig,))
+    questions = [Question(f"q{i}", [f"turn {i}"], "misc") for i in range(10)]
+    answers = {"sft": {f"q{i}": ["x" * (5 + i)] for i in range(10)}, "dpo": {f"q{i}": ["y" * (9 + 2 * i)]
+                                                                            for i in range(10)}}
+    outcomes = {"dpo": {f"q{i}": [w] for i, w in enumerate([1, 1, 0.5, 1, 0, 1, 1, 0.5, 1, 0])}}
+    results = summarize(cfg, questions, None, outcomes, None, answers)
+    arena = results["arena"]
+    assert arena["battles"] == 10 and set(arena["ratings"]) == {"sft", "dpo"}
+    assert arena["ratings"]["sft"]["rating"] == 1000.0 and arena["ratings"]["dpo"]["rating"] > 1000
+    assert f"dpo {arena['ratings']['dpo']['rating']:.0f} [" in table(results)
