@@ -441,3 +441,25 @@ def test_the_report_rates_every_model_against_the_baseline():
     assert arena["battles"] == 10 and set(arena["ratings"]) == {"sft", "dpo"}
     assert arena["ratings"]["sft"]["rating"] == 1000.0 and arena["ratings"]["dpo"]["rating"] > 1000
     assert f"dpo {arena['ratings']['dpo']['rating']:.0f} [" in table(results)
+
+
+def test_questions_load_in_arena_hard_and_alpaca_eval_layouts(tmp_path):
+    arena = tmp_path / "question.jsonl"
+    arena.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"uid": "bfdf7a9c", "category": "hard_prompt", "cluster": "Python", "turns": [{"content": "Write a parser."}]},
+        {"question_id": "q2", "category": "creative_writing", "turns": [{"content": "A poem."}]}]))
+    got = load_questions(arena)
+    assert [(q.question_id, q.turns, q.category) for q in got] == [
+        ("bfdf7a9c", ["Write a parser."], "hard_prompt"), ("q2", ["A poem."], "creative_writing")]
+    alpaca = tmp_path / "alpaca_eval.json"
+    alpaca.write_text(json.dumps([{"instruction": "Name a color.", "dataset": "helpful_base", "output": "Red.",
+                                   "generator": "gpt4"}, {"instruction": "Add 2 and 2.", "dataset": "vicuna"}]))
+    got = load_questions(alpaca)
+    assert [(q.question_id, q.turns, q.category) for q in got] == [
+        ("0", ["Name a color."], "helpful_base"), ("1", ["Add 2 and 2."], "vicuna")]
+    alpaca.write_text(json.dumps({"instruction": "not a list"}))
+    with pytest.raises(QuestionError, match="alpaca_eval.json: expected a JSON list of questions, got dict"):
+        load_questions(alpaca)
+    arena.write_text(json.dumps({"uid": "x", "turns": [{"text": "no content key"}]}) + "\n")
+    with pytest.raises(QuestionError, match="question.jsonl:1: expected question_id and turns"):
+        load_questions(arena)

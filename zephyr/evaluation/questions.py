@@ -7,6 +7,11 @@
 
 A dataset (hub id or hub-layout folder) with the same columns, or `prompt_id` + `prompt` (a list of turns) as in
 HuggingFaceH4/mt_bench_prompts, loads too: `questions: HuggingFaceH4/mt_bench_prompts` (split `train`).
+
+The other layouts the field's benchmarks ship in load as they are:
+- Arena-Hard's question.jsonl: `uid` (or `question_id`), `category`, and `turns` as `[{"content": ...}]`;
+- AlpacaEval's alpaca_eval.json (a JSON list; JSONL works too): `instruction` is the one turn, `dataset` the
+  category, and the row's place in the file its id.
 """
 
 from __future__ import annotations
@@ -29,7 +34,15 @@ class Question:
 
 
 def question_rows(path: Path) -> list[tuple[str, dict]]:
-    """(where, row) for every question: lines of a JSONL file, or rows of a dataset."""
+    """(where, row) for every question: lines of a JSONL file, items of a JSON list, or rows of a dataset."""
+    if path.is_file() and path.suffix == ".json":
+        try:
+            items = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise QuestionError(f"{path}:{err.lineno}: not JSON ({err.msg})") from None
+        if not isinstance(items, list):
+            raise QuestionError(f"{path}: expected a JSON list of questions, got {type(items).__name__}")
+        return [(f"{path} item {i}", row) for i, row in enumerate(items)]
     if path.is_file():
         rows = []
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -52,14 +65,32 @@ def question_rows(path: Path) -> list[tuple[str, dict]]:
     raise QuestionError(f"question file not found: {path}")
 
 
+def normalized(row: dict, index: int) -> dict:
+    """A row of Arena-Hard's or AlpacaEval's layout in MT-Bench's."""
+    if not isinstance(row, dict):
+        return {}
+    row = dict(row)
+    if "question_id" not in row and "uid" in row:
+        row["question_id"] = row["uid"]
+    if "turns" not in row and isinstance(row.get("instruction"), str):
+        row = {**row, "turns": [row["instruction"]], "category": row.get("category") or row.get("dataset")}
+        row.setdefault("question_id", index)
+    turns = row.get("turns")
+    if isinstance(turns, list) and all(isinstance(t, dict) and isinstance(t.get("content"), str) for t in turns):
+        row["turns"] = [t["content"] for t in turns]
+    return row
+
+
 def load_questions(path: str | Path) -> list[Question]:
     path = Path(path)
     questions, seen = [], set()
-    for where, row in question_rows(path):
+    for index, (where, raw) in enumerate(question_rows(path)):
+        row = normalized(raw, index)
         turns = row.get("turns")
         if "question_id" not in row or not isinstance(turns, list) or not turns or \
                 not all(isinstance(t, str) and t.strip() for t in turns):
-            raise QuestionError(f"{where}: expected question_id and turns (a non-empty list of non-empty strings)")
+            raise QuestionError(f"{where}: expected question_id and turns (a non-empty list of non-empty strings), "
+                                "or Arena-Hard's uid and turns of {\"content\": ...}, or AlpacaEval's instruction")
         qid = str(row["question_id"])
         if qid in seen:
             raise QuestionError(f"{where}: duplicate question_id {qid}")
