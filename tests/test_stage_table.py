@@ -24,7 +24,7 @@ def main(argv):
 '''
 
 PROBE = '''
-import json, sys
+import contextlib, io, json, sys
 from zephyr.stages import STAGES, Stage
 
 STAGES["toy"] = Stage("toy", "toy stage", "training", "toy_stage", "toy_stage:CONFIG_CLASSES",
@@ -36,21 +36,26 @@ from zephyr.recipe import build_configs
 
 (sweep,) = build_configs({"base": "b.yaml", "stage": "toy", "output_dir": "o", "space": {"learning_rate":
                           {"choices": [1e-5]}}, "objective": {"metric": "eval_loss"}}, (SweepConfig,), source="s.yaml")
+runs = []
+for argv in json.loads(sys.argv[1]):  # each command line through the CLI, as `zephyr ...` runs it
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    runs.append({"code": code, "out": out.getvalue(), "err": err.getvalue()})
 print("PROBE " + json.dumps({"usage": cli.usage(), "order": list(ORDER), "sweep_stage": sweep.stage,
-                             "launchable": list(cli.LAUNCHABLE), "plannable": list(cli.PLANNABLE)}))
-sys.exit(cli.main(sys.argv[1:]))
+                             "launchable": list(cli.LAUNCHABLE), "plannable": list(cli.PLANNABLE), "runs": runs}))
 '''
 
 
-def run_probe(tmp_path: Path, *argv: str) -> tuple[dict, str]:
+def run_probe(tmp_path: Path, commands: list[list[str]]) -> dict:
+    """One fresh process: the toy stage registered first, then each command line through `cli.main`."""
     (tmp_path / "toy_stage.py").write_text(TOY_MODULE)
     (tmp_path / "probe.py").write_text(PROBE)
-    proc = subprocess.run([sys.executable, str(tmp_path / "probe.py"), *argv], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin",
-                                                       "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run([sys.executable, str(tmp_path / "probe.py"), json.dumps(commands)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("PROBE "))
-    return json.loads(line[6:]), proc.stdout
+    return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("PROBE "))[6:])
 
 
 def test_a_stage_added_to_the_table_is_everywhere(tiny_dir, tmp_path):
@@ -62,21 +67,19 @@ def test_a_stage_added_to_the_table_is_everywhere(tiny_dir, tmp_path):
         dataset_test_split: test_sft
         output_dir: {tmp_path / 'toy_out'}
         """))
+    facts = run_probe(tmp_path, [["toy", "--help"], ["toy", str(recipe), "learning_rate=1e-5"],
+                                 ["toy", str(recipe), "--dry-run"], ["toy", str(recipe), "learnin_rate=1", "--dry-run"]])
+    helped, ran, planned, typo = facts["runs"]
     # the command table and --help, the launcher's and planner's lists, the pipeline order, sweeps
-    facts, out = run_probe(tmp_path, "toy", "--help")
     assert "  toy          toy: a stage added in one entry" in facts["usage"]
     assert facts["order"][-1] == "toy" and facts["sweep_stage"] == "toy"
     assert "toy" in facts["launchable"] and "toy" in facts["plannable"]
-    assert "usage: zephyr toy RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]" in out
-    assert "--learning_rate" in out and "--dataset_name" in out  # its keys, from its config classes
+    assert helped["code"] == 0
+    assert "usage: zephyr toy RECIPE.yaml [overrides] [--accelerate-config CFG] [--dry-run]" in helped["out"]
+    assert "--learning_rate" in helped["out"] and "--dataset_name" in helped["out"]  # its keys, from its configs
     # it runs: the command calls its main with the arguments
-    _, out = run_probe(tmp_path, "toy", str(recipe), "learning_rate=1e-5")
-    assert f"TOY RAN {recipe} learning_rate=1e-5" in out
+    assert ran["code"] == 0 and f"TOY RAN {recipe} learning_rate=1e-5" in ran["out"]
     # it plans: the recipe resolved through its config classes, without running it
-    _, out = run_probe(tmp_path, "toy", str(recipe), "--dry-run")
-    assert "TOY RAN" not in out and "toy" in out and "toy_out" in out
+    assert planned["code"] == 0 and "TOY RAN" not in planned["out"] and "toy_out" in planned["out"]
     # a typo in its recipe is caught by the plan like any stage's
-    proc = subprocess.run([sys.executable, str(tmp_path / "probe.py"), "toy", str(recipe), "learnin_rate=1",
-                           "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 2 and "learnin_rate" in proc.stderr
+    assert typo["code"] == 2 and "learnin_rate" in typo["err"]
