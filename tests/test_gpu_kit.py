@@ -45,7 +45,7 @@ def test_smoke_runs_every_check_and_writes_the_report(tmp_path):
         assert variant["extrapolated_7b_pairs_per_s_per_gpu"] == pytest.approx(
             variant["pairs_per_s"] * variant["non_embedding_params"] / seven_b)
         assert 0 < variant["mfu"] < 1
-    assert throughput["variants"]["zephyr"]["ref_batches"] == 2
+    assert throughput["variants"]["zephyr"]["ref_batches"] == 1  # ref_token_budget: every pair in one batch
     zero3 = checks["zero3"]["details"]
     assert len(zero3["losses"]["zero3"]) == 4 and zero3["max_loss_diff"] <= 1e-4  # fp32: ZeRO-3 changes no maths
     # the table is printed last and saved

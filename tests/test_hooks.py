@@ -365,3 +365,24 @@ def test_packed_reference_pass_equals_the_padded_one(tiny_dir, tmp_path, monkeyp
         logps[packed] = torch.tensor([ds["ref_chosen_logps"], ds["ref_rejected_logps"]])
     assert logps[True].shape == (2, 12)
     torch.testing.assert_close(logps[True], logps[False], atol=1e-4, rtol=1e-6)
+
+
+def test_reference_pass_sized_by_a_token_budget_gives_the_same_log_probs_in_fewer_batches(tiny_dir, tmp_path,
+                                                                                          monkeypatch):
+    """ref_token_budget sizes the reference pass's batches by tokens: 24 pairs in 1 batch instead of 6 of 4, the
+    same log-probs (fp32, packed either way), and a batch size of its own in the cache key. A user's
+    precompute_ref_batch_size wins over the budget."""
+    runs = {}
+    for name, settings in (("rows", {}), ("budget", {"ref_token_budget": 10**6}),
+                           ("explicit", {"ref_token_budget": 10**6, "precompute_ref_batch_size": 8})):
+        monkeypatch.setenv("ZEPHYR_CACHE", str(tmp_path / f"cache-{name}"))
+        trainer, _, _ = dpo.build_trainer(*stage_configs(
+            "dpo", tiny_dir, tmp_path / name, precompute_ref_log_probs=True, max_train_samples=24,
+            dataset_test_split=None, **settings))
+        ds = trainer.train_dataset
+        runs[name] = (trainer.reference_batches_computed, torch.tensor([ds["ref_chosen_logps"],
+                                                                        ds["ref_rejected_logps"]]))
+    assert [runs[n][0] for n in ("rows", "budget", "explicit")] == [6, 1, 3]
+    assert runs["rows"][1].shape == (2, 24)
+    torch.testing.assert_close(runs["budget"][1], runs["rows"][1], atol=1e-4, rtol=1e-6)
+    torch.testing.assert_close(runs["explicit"][1], runs["rows"][1], atol=1e-4, rtol=1e-6)

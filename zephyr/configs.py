@@ -231,8 +231,15 @@ class ZephyrDPOConfig(_ZephyrTrainingDefaults, _FusedLMHeadSettings, DPOConfig):
     share_prompt: bool = field(
         default=True,
         metadata={"help": "With packed_forward: compute each pair's prompt once, the chosen and rejected answers "
-                  "both attending to it (a block attention mask; sdpa and eager attention, else plain packing). "
-                  "Same log-probs, fewer tokens (zephyr/packing.py)."},
+                  "both attending to it (a block attention mask; sdpa, eager and flex attention, else plain "
+                  "packing). Same log-probs, fewer tokens (zephyr/packing.py)."},
+    )
+    ref_token_budget: int | None = field(
+        default=None,
+        metadata={"help": "With precompute_ref_log_probs and no precompute_ref_batch_size: size the reference "
+                  "pass's batches by tokens, as many pairs as this many tokens hold on average, instead of the "
+                  "training batch size (a forward-only pass leaves a GPU idle at training batch sizes). "
+                  "E.g. 65536 on an 80 GB GPU."},
     )
     precompute_ref_log_probs: bool = field(
         default=True,

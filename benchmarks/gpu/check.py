@@ -517,7 +517,10 @@ def run_variant(variant: str, model: Path, data: Path, smoke: bool) -> dict:
 
         calls = timed(dpo.ZephyrDPOTrainer, "compute_ref_log_probs", cuda)
         hashes = timed(sys.modules["zephyr.hooks.reference"], "fast_module_hash", cuda)
-        trainer, _, _ = dpo.build_trainer(model_args, data_args, ZephyrDPOConfig(**common))
+        # the reference pass in batches of ~64k tokens (ref_token_budget): forward-only, packed, so far larger
+        # batches than training's fit; in the smoke run, every pair in one batch
+        trainer, _, _ = dpo.build_trainer(model_args, data_args, ZephyrDPOConfig(**common, ref_token_budget=65536
+                                                                                 if cuda else 10**6))
         # where the reference pass goes: its first batch (kernel compilation), the other batches, the hash
         breakdown = {"first_ref_batch_seconds": calls[0], "other_ref_batches_seconds": sum(calls[1:]),
                      "ref_batches": len(calls), "reference_hash_seconds": sum(hashes)}

@@ -131,7 +131,19 @@ class ZephyrDPOTrainer(PairLengthGrouping, ReliableTrainerMixin, ReferencePassHo
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:32]
 
+    def reference_batch_size(self, dataset, batch_size: int) -> int:
+        """The reference pass's pairs per batch: `ref_token_budget` tokens on average (packed, so the batch's
+        cost is its real tokens), never fewer than TRL's own choice; TRL's choice when no budget is set or the
+        user set precompute_ref_batch_size."""
+        budget = self.args.ref_token_budget
+        if not budget or self.args.precompute_ref_batch_size or not len(dataset):
+            return batch_size
+        tokens = [len(p) * 2 + len(c) + len(r) for p, c, r in zip(
+            dataset[self.PROMPT_COLUMN], *(dataset[col] for col in self.PAIR_COLUMNS), strict=True)]
+        return max(batch_size, int(budget // (sum(tokens) / len(tokens))))
+
     def precompute_reference(self, dataset, name, batch_size, trl_precompute):
+        batch_size = self.reference_batch_size(dataset, batch_size)
         if not getattr(dataset, "cache_files", None) or not len(dataset):  # in memory: TRL keeps no cache file
             return trl_precompute(dataset, name, batch_size)
         key = self.reference_cache_key(dataset, batch_size)
