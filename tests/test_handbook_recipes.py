@@ -22,8 +22,7 @@ from helpers import a, process_state_kept, u, write_hub_layout
 from zephyr.cli import main as cli_main
 from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig, ZephyrSFTConfig
 from zephyr.data import prepare_datasets
-from zephyr.recipe import RecipeError
-from zephyr.stages.common import parse_stage_args
+from zephyr.recipe import RecipeError, parse_stage_args
 
 FIXTURES = Path(__file__).parent / "fixtures" / "handbook"
 LAYOUTS = ("old_layout", "new_layout")  # dataset_mixer/dataset_splits (2024) and dataset_mixture (2025)

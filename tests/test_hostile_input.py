@@ -30,8 +30,7 @@ from zephyr.data import prepare_datasets
 from zephyr.data.loading import DataError, check_utf8, first_json_problem
 from zephyr.data.pipeline import DataReport, canonical_rows
 from zephyr.modeling import load_model, load_tokenizer
-from zephyr.recipe import RecipeError, read_yaml
-from zephyr.stages.common import parse_stage_args
+from zephyr.recipe import RecipeError, parse_stage_args, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SFT = (ModelArguments, DataArguments, ZephyrSFTConfig)

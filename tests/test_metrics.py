@@ -14,8 +14,8 @@ import torch
 from helpers import process_state_kept, sequence_logps
 from transformers import AutoModelForCausalLM
 
+from zephyr.recipe import parse_stage_args
 from zephyr.stages import dpo
-from zephyr.stages.common import parse_stage_args
 
 BETA = 0.1
 

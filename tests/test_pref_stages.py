@@ -358,7 +358,7 @@ def test_handbook_orpo_recipe_loads_as_written_and_as_shipped(capsys, tiny_dir, 
     """The alignment-handbook's Zephyr-141B ORPO recipe in its own older layout (torch_dtype, dataset_mixer,
     dataset_splits, preprocessing_num_workers, max_prompt_length) and zephyr's copy in today's keys resolve to the
     same training, pointed at a local model and at local data with a `train` split; --dry-run plans both."""
-    from zephyr.stages.common import parse_stage_args
+    from zephyr.recipe import parse_stage_args
 
     rows = [{"prompt": f"q{i}", "chosen": [u(f"q{i}"), a(f"good {i}")], "rejected": [u(f"q{i}"), a(f"bad {i}")]}
             for i in range(4)]

@@ -20,8 +20,8 @@ import yaml
 
 from zephyr.cli import main as cli_main
 from zephyr.configs import DataArguments, ModelArguments, ZephyrDPOConfig, ZephyrSFTConfig
-from zephyr.recipe import RecipeError, load_recipe, parse_overrides, read_yaml
-from zephyr.stages.common import parse_stage_args, public_values
+from zephyr.recipe import RecipeError, load_recipe, parse_overrides, parse_stage_args, read_yaml
+from zephyr.stages.common import public_values
 
 SFT = (ModelArguments, DataArguments, ZephyrSFTConfig)
 DPO = (ModelArguments, DataArguments, ZephyrDPOConfig)

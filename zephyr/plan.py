@@ -23,8 +23,8 @@ FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow")
 def resolve(name: str, argv: list[str]) -> tuple[Any, ...]:
     """The stage's typed configs from recipe + overrides, exactly as the stage parses them."""
     from zephyr.keyhelp import config_classes
+    from zephyr.recipe import parse_stage_args
     from zephyr.stages import STAGES
-    from zephyr.stages.common import parse_stage_args
 
     if name not in STAGES:
         raise RecipeError(f"unknown stage {name!r} (expected one of {', '.join(STAGES)})")

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import enum
 import logging
+import os
 import re
 import types
 import typing
@@ -371,3 +372,26 @@ def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
         node[int(last)] = value
     else:
         node[last] = value
+
+
+def parse_stage_args(argv: list[str], classes: tuple[type, ...], stage: str) -> tuple[Any, ...]:
+    """argv = [RECIPE.yaml] [overrides...]; the recipe may be omitted if every key comes as an override."""
+    if not argv:  # `zephyr aif` alone: say how to call it, not which of its many keys are missing
+        raise RecipeError(f"no recipe given. usage: zephyr {stage} RECIPE.yaml [--key value ...]; see "
+                          f"`zephyr {stage} --help` for every key")
+    recipe = argv[0] if argv and not argv[0].startswith("-") and "=" not in argv[0] else None
+    overrides = argv[1:] if recipe else argv
+    configs = load_recipe(recipe, overrides, classes, stage)
+    for config in configs:
+        move_hub_token_to_environment(config)
+    return configs
+
+
+def move_hub_token_to_environment(config: Any) -> None:
+    """A `hub_token` from the recipe leaves the config for this process's HF_TOKEN (inherited by its children).
+    The Trainer pickles its arguments into every checkpoint (training_args.bin) and hands them to the dashboards;
+    huggingface_hub reads HF_TOKEN just as well. Done when a stage starts, not when a config is built: building a
+    config must not change the process."""
+    if getattr(config, "hub_token", None):
+        os.environ["HF_TOKEN"] = config.hub_token
+        config.hub_token = None

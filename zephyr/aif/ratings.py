@@ -163,7 +163,7 @@ def binarize_ratings(cfg: RatingsConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    from zephyr.stages.common import parse_stage_args
+    from zephyr.recipe import parse_stage_args
 
     (cfg,) = parse_stage_args(argv, (RatingsConfig,), "binarize")
     return binarize_ratings(cfg)

@@ -13,8 +13,8 @@ import logging
 from zephyr.aif.config import AIFConfig
 from zephyr.aif.pipeline import Summary, run_aif
 from zephyr.inference.store import parse_shard
+from zephyr.recipe import parse_stage_args
 from zephyr.run_lock import locked
-from zephyr.stages.common import parse_stage_args
 
 logger = logging.getLogger("zephyr.aif")
 

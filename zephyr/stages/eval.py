@@ -5,8 +5,8 @@ from __future__ import annotations
 from zephyr.evaluation.config import EvalConfig
 from zephyr.evaluation.runner import run_eval
 from zephyr.inference.store import parse_shard
+from zephyr.recipe import parse_stage_args
 from zephyr.run_lock import locked
-from zephyr.stages.common import parse_stage_args
 
 
 def main(argv: list[str]) -> dict:
