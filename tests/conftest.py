@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded tiny model (both tokenizers), built once per test session."""
+"""Shared fixtures: the embedded tiny model (both tokenizers), built once per test run."""
 
 from __future__ import annotations
 

@@ -393,7 +393,7 @@ def test_all_rows_invalid_is_an_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 4. rows longer than max_length (the embedded tiny tokenizer; `tiny_dir` is the session fixture in conftest.py)
+# 4. rows longer than max_length (the embedded tiny tokenizer; `tiny_dir` is the shared fixture in conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def test_shipped_pipelines_include_the_tiny_one():
 
 
 def tiny_pipeline(tmp_path: Path, tiny: Path, stages: dict, launch: dict | None = None) -> Path:
-    """A pipeline over the session's tiny model (no tiny_model stage): dSFT and/or dDPO, short runs."""
+    """A pipeline over the test run's tiny model (no tiny_model stage): dSFT and/or dDPO, short runs."""
     common = {"model_name_or_path": str(tiny / "model"), "dtype": "float32", "max_train_samples": 32,
               "max_length": 64, "per_device_train_batch_size": 8, "num_train_epochs": 1, "logging_steps": 1,
               "eval_strategy": "no", "report_to": "none", "seed": 0, "learning_rate": 1e-3}

@@ -32,25 +32,18 @@ def length_lines(cfg: EvalConfig, answers: dict[str, dict[str, list]], name: str
         diffs = [len(a) - len(b) for qid, turns in answers[name].items() for a, b in zip(turns, base[qid], strict=True)
                  if a is not None and b is not None]
         if diffs:
-            entry["minus_baseline"] = paired_difference(diffs, [0.0] * len(diffs), **_boot(cfg)).as_dict()
+            entry["minus_baseline"] = bootstrap_mean(diffs, **_boot(cfg)).as_dict()
     return entry
 
 
-def lc_win_rate(cfg: EvalConfig, answers: dict[str, dict[str, list]], outcomes: dict[str, list],
-                name: str) -> dict[str, Any] | None:
+def lc_win_rate(cfg: EvalConfig, fought: list[Battle], name: str) -> dict[str, Any] | None:
     """The win rate against the baseline at equal answer length (AlpacaEval 2's length control), over every
-    judged turn."""
-    base = answers[cfg.baseline]
-    y, d = [], []
-    for qid, turns in outcomes.items():
-        for t, outcome in enumerate(turns):
-            mine, theirs = answers[name][qid][t], base[qid][t]
-            if outcome is not None and mine is not None and theirs is not None:
-                y.append(outcome)
-                d.append(len(mine) - len(theirs))
-    if len(y) < 2:
+    judged turn: the outcome of each of the model's battles and its length difference (the first style feature)."""
+    own = [b for b in fought if b.a == name]
+    if len(own) < 2:
         return None
-    return {**length_controlled_win_rate(y, d, **_boot(cfg)).as_dict(), "judged_turns": len(y)}
+    est = length_controlled_win_rate([b.outcome for b in own], [b.style[0] for b in own], **_boot(cfg))
+    return {**est.as_dict(), "judged_turns": len(own)}
 
 
 def battles(cfg: EvalConfig, answers: dict[str, dict[str, list]], outcomes: dict[str, dict]) -> list[Battle]:
@@ -68,9 +61,8 @@ def battles(cfg: EvalConfig, answers: dict[str, dict[str, list]], outcomes: dict
     return out
 
 
-def arena(cfg: EvalConfig, answers, outcomes) -> dict[str, Any] | None:
+def arena(cfg: EvalConfig, fought: list[Battle]) -> dict[str, Any] | None:
     """Bradley-Terry ratings on the Elo scale (baseline 1000), raw and style-controlled (zephyr/evaluation/arena.py)."""
-    fought = battles(cfg, answers, outcomes)
     if len(fought) < 2:
         return None
     boot = {"samples": min(cfg.bootstrap_samples, 1000), "confidence": cfg.confidence, "seed": cfg.seed}
@@ -86,6 +78,7 @@ def summarize(cfg: EvalConfig, questions, grades, outcomes, margins,
     results: dict[str, Any] = {"questions": len(questions), "bootstrap": boot, "models": {}}
     category = {q.question_id: q.category for q in questions}
     ids = [q.question_id for q in questions]
+    fought = battles(cfg, answers, outcomes) if outcomes and answers is not None else []
     for m in cfg.models:
         entry: dict[str, Any] = {"model": m.model}
         if grades:
@@ -120,15 +113,15 @@ def summarize(cfg: EvalConfig, questions, grades, outcomes, margins,
                 entry["win_rate_vs_baseline"] = {**bootstrap_mean([wins[i] for i in ids if i in wins],
                                                                   **_boot(cfg)).as_dict(), "questions": len(wins)}
             entry["missing_verdicts"] = len(ids) - len(wins)
-            if answers is not None:
-                lc = lc_win_rate(cfg, answers, outcomes[m.name], m.name)
+            if fought:
+                lc = lc_win_rate(cfg, fought, m.name)
                 if lc is not None:
                     entry["lc_win_rate_vs_baseline"] = lc
         if answers is not None:
             entry["answer_length"] = length_lines(cfg, answers, m.name)
         results["models"][m.name] = entry
-    if outcomes and answers is not None:
-        rated = arena(cfg, answers, outcomes)
+    if fought:
+        rated = arena(cfg, fought)
         if rated:
             results["arena"] = rated
     if margins is not None:

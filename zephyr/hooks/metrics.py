@@ -117,16 +117,12 @@ KTO_WEIGHTS = (
 )
 
 
-def _rm_pairs(inputs: dict[str, Any]) -> torch.Tensor:
-    return _ones(len(inputs["input_ids"]) // 2, inputs["input_ids"])
-
-
 def _rm_rows(inputs: dict[str, Any]) -> torch.Tensor:  # a total: gather_for_metrics would cut a vector of rows
     return torch.tensor(len(inputs["input_ids"]), device=inputs["input_ids"].device)
 
 
 RM_WEIGHTS = (
-    MetricWeight(("accuracy", "margin"), _rm_pairs),
+    MetricWeight(("accuracy", "margin"), _pairs),  # chosen rows, then rejected rows, as DPO's
     MetricWeight(("mean_reward",), _rm_rows, gather="whole"),
 )
 RM_EXTREMES = {"min_reward": min, "max_reward": max}  # of the whole window, not a mean of batch extremes
