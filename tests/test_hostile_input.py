@@ -450,6 +450,8 @@ RANGES = [  # (stage, override, the error after "command line: ")
     ("dpo", ["--beta", "-0.1"], "key 'beta': expected a number > 0 (the strength of the pull towards the reference; "
                                 "Zephyr: 0.01 to 0.1), got -0.1"),
     ("sft", ["--max_length", "0"], "key 'max_length': expected a number of tokens >= 1, or null for no limit, got 0"),
+    ("dpo", ["--ref_token_budget", "-5"],
+     "key 'ref_token_budget': expected a number of tokens >= 1, or null for the training batch size, got -5"),
     ("sft", ["--num_train_epochs", "-1"], "key 'num_train_epochs': expected a number > 0, got -1.0"),
     ("sft", ["--warmup_steps", "-0.1"],
      "key 'warmup_steps': expected a number >= 0 (below 1: a fraction of the training steps), got -0.1"),

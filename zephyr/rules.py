@@ -97,6 +97,7 @@ RULES: tuple[Rule, ...] = (
     Rule("dataset_num_proc", "an integer >= 1, or null", or_null(at_least(1))),
     # sequence length
     Rule("max_length", "a number of tokens >= 1, or null for no limit", or_null(at_least(1))),
+    Rule("ref_token_budget", "a number of tokens >= 1, or null for the training batch size", or_null(at_least(1))),
     # DPO
     Rule("beta", "a number > 0 (the strength of the pull towards the reference; Zephyr: 0.01 to 0.1)", above(0),
          only_for=("DPOConfig",)),
